@@ -1,0 +1,40 @@
+# One entry point for a fresh machine: `make run` and `make test` build the virtualenv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EDITABLES := -e . -e plugins/stdout -e plugins/kinesis
+
+.PHONY: all venv run test lint format bench clean
+
+all: venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plugins/kinesis/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(EDITABLES) -r requirements-dev.txt
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/spark-sinks run -c config/example.yaml
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

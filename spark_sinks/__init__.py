@@ -1,0 +1,27 @@
+"""spark-sinks: deliver industrial machine data to pluggable sinks.
+
+The public API for plugin authors is what this module exports.
+"""
+
+from .envelope import CONNECTION_TEST, METADATA, RECORD, Envelope
+from .errors import ConfigError, SinkError, SparkSinksError
+from .hookspecs import hookimpl
+from .sink import Sink, SinkConfig, SinkContext, SinkStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONNECTION_TEST",
+    "METADATA",
+    "RECORD",
+    "ConfigError",
+    "Envelope",
+    "Sink",
+    "SinkConfig",
+    "SinkContext",
+    "SinkError",
+    "SinkStats",
+    "SparkSinksError",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,184 @@
+"""Where records are assembled: data points in, envelopes out, one sample cycle per machine.
+
+State is kept per machine, so values of different machines may interleave
+freely (the original kept one global buffer and lost records that way).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from . import timefmt
+from .envelope import METADATA, RECORD, Envelope
+from .machines import Machine, metadata_payload
+
+log = logging.getLogger(__name__)
+
+OnIncomplete = Literal["drop", "emit"]
+
+
+class InputError(ValueError):
+    """One input item is unusable; the message says why (the caller adds where)."""
+
+
+class _Cycle:
+    __slots__ = ("time", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.time: str | None = None
+
+
+class Assembler:
+    def __init__(
+        self, machines: dict[str, Machine], host: str, on_incomplete: OnIncomplete = "drop"
+    ) -> None:
+        self.host = host
+        self.on_incomplete = on_incomplete
+        self.incomplete_dropped = 0
+        self.incomplete_emitted = 0
+        self.ignored = 0
+        """Values of machines that are disabled or do not publish."""
+        self.machines: dict[str, Machine] = {}
+        self._cycles: dict[str, _Cycle] = {}
+        self.reconfigure(machines)
+
+    # -- definitions -----------------------------------------------------------------
+
+    def reconfigure(self, machines: dict[str, Machine]) -> list[Envelope]:
+        """Adopt new machine definitions; return metadata for machines that
+        became publishing or whose definition changed. Their open cycles restart."""
+        old = self.machines
+        self.machines = machines
+        out = []
+        for name, m in machines.items():
+            if not m.publishing:
+                self._cycles.pop(name, None)
+                continue
+            prev = old.get(name)
+            if (
+                prev is None
+                or not prev.publishing
+                or metadata_payload(prev, old) != metadata_payload(m, machines)
+            ):
+                self._cycles[name] = _Cycle()
+                out.append(self.metadata(m))
+        for name in old.keys() - machines.keys():
+            self._cycles.pop(name, None)
+        return out
+
+    def metadata(self, machine: Machine) -> Envelope:
+        return Envelope(METADATA, self.host, metadata_payload(machine, self.machines), machine.name)
+
+    def all_metadata(self) -> list[Envelope]:
+        return [self.metadata(m) for m in self.machines.values() if m.publishing]
+
+    # -- values ----------------------------------------------------------------------
+
+    def feed(self, item: Any) -> list[Envelope]:
+        """Take one decoded input object, a data point or a whole record."""
+        if type(item) is not dict:
+            raise InputError("expected a JSON object")
+        machine_name = item.get("machine")
+        if "values" in item:
+            return self.add_record(machine_name, item["values"], item.get("time"))
+        if "variable" not in item:
+            raise InputError(
+                "expected 'variable' and 'value' (a data point) or 'values' (a record)"
+            )
+        if "value" not in item:
+            raise InputError("data point has no 'value'")
+        return self.add_point(machine_name, item["variable"], item["value"], item.get("time"))
+
+    def _machine(self, name: Any) -> Machine | None:
+        m = self.machines.get(name) if type(name) is str else None
+        if m is None:
+            raise InputError(f"unknown machine {name!r}")
+        if not m.publishing:
+            self.ignored += 1
+            return None
+        return m
+
+    def add_point(self, machine_name: Any, variable: Any, value: Any, time: Any) -> list[Envelope]:
+        m = self._machine(machine_name)
+        if m is None:
+            return []
+        var = m.variables.get(variable) if type(variable) is str else None
+        if var is None:
+            raise InputError(f"machine {m.name!r} has no variable {variable!r}")
+        if not var.check(value):
+            raise InputError(f"{m.name}.{var.name}: {value!r} is not a valid {var.format}")
+        t = _time(time)
+        cycle = self._cycles[m.name]
+        out: list[Envelope] = []
+        if variable in cycle.values:
+            out.extend(self._incomplete(m, cycle, repeated=variable))
+        if cycle.time is None:
+            cycle.time = t
+        cycle.values[variable] = value
+        if len(cycle.values) == len(m.variables):
+            out.append(self._record(m, cycle.time, cycle.values))
+            cycle.values = {}
+            cycle.time = None
+        return out
+
+    def add_record(self, machine_name: Any, values: Any, time: Any) -> list[Envelope]:
+        m = self._machine(machine_name)
+        if m is None:
+            return []
+        if type(values) is not dict:
+            raise InputError("'values' must be an object of variable: value")
+        variables = m.variables
+        for k, v in values.items():
+            var = variables.get(k)
+            if var is None:
+                raise InputError(f"machine {m.name!r} has no variable {k!r}")
+            if not var.check(v):
+                raise InputError(f"{m.name}.{k}: {v!r} is not a valid {var.format}")
+        t = _time(time)
+        if len(values) != len(variables):
+            missing = ", ".join(sorted(variables.keys() - values.keys()))
+            if self.on_incomplete == "drop":
+                raise InputError(f"record of {m.name!r} lacks variables: {missing}")
+            self.incomplete_emitted += 1
+        return [self._record(m, t, values)]
+
+    def _incomplete(self, m: Machine, cycle: _Cycle, repeated: str) -> list[Envelope]:
+        have = len(cycle.values)
+        out = []
+        if self.on_incomplete == "emit":
+            self.incomplete_emitted += 1
+            out.append(self._record(m, cycle.time, cycle.values))
+        else:
+            self.incomplete_dropped += 1
+            log.warning(
+                "dropped an incomplete record of %s (%d of %d variables): %r repeated first",
+                m.name,
+                have,
+                len(m.variables),
+                repeated,
+            )
+        cycle.values = {}
+        cycle.time = None
+        return out
+
+    def _record(self, m: Machine, time: str | None, values: dict[str, Any]) -> Envelope:
+        variables = m.variables
+        attributes = {}
+        for k, var in variables.items():  # config order, whatever the arrival order
+            if k in values:
+                a = var.attribute.copy()
+                a["value"] = values[k]
+                attributes[k] = a
+        data = {"machine": m.name, "time": time or timefmt.now(), "attributes": attributes}
+        return Envelope(RECORD, self.host, data, m.name)
+
+
+def _time(value: Any) -> str:
+    if value is None:
+        return timefmt.now()
+    try:
+        return timefmt.normalize(value)
+    except ValueError as e:
+        raise InputError(str(e)) from None

@@ -1,0 +1,210 @@
+"""The ``spark-sinks`` command. Every error reaches the user through ``main``:
+one line on stderr, no traceback, and an exit code that means something:
+
+0 everything accepted was delivered; 1 something was not delivered or a sink
+could not start; 2 bad config or usage; 3 delivered, but some input was rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from pydantic import BaseModel, SecretStr
+
+from . import __version__, logs
+from .config import Config, load_config
+from .errors import SparkSinksError
+from .plugins import Registry, load_registry
+from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
+
+log = logging.getLogger("spark_sinks")
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SPARK_SINKS_CONFIG",
+    required=True,
+    help="YAML config file (or SPARK_SINKS_CONFIG).",
+)
+
+
+def _register_secrets(model: BaseModel) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            logs.add_secret(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            _register_secrets(value)
+
+
+def _load(path: Path) -> tuple[Config, Registry]:
+    registry = load_registry()
+    config = load_config(path, registry)
+    for spec in config.sinks.values():
+        _register_secrets(spec.config)
+    return config, registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spark-sinks")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def cli(log_level: str, log_format: str) -> None:
+    """Deliver industrial machine data (Spark records and metadata) to sinks."""
+    logs.setup(log_level, log_format)
+
+
+@cli.command()
+@CONFIG_OPTION
+def run(config_path: Path) -> None:
+    """Run until the source ends or SIGINT/SIGTERM arrives, then flush and close every sink."""
+    config, _ = _load(config_path)
+    runtime = Runtime(config)
+    signals = 0
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        name = signal.Signals(signum).name
+        if signals == 1:
+            log.info("%s received: stopping the source, then flushing the sinks", name)
+            runtime.stop.set()
+        else:
+            log.warning("%s received again: giving up on what is still pending", name)
+            runtime.force()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+    runtime.start()
+    report = runtime.run()
+    _summarise(report)
+    sys.exit(report.exit_code)
+
+
+def _summarise(report: Report) -> None:
+    log.info(
+        "input: %d items, %d envelopes assembled, %d rejected, %d incomplete records dropped",
+        report.items,
+        report.envelopes,
+        report.rejected,
+        report.incomplete_dropped,
+    )
+    for name, s in report.sinks.items():
+        missing = int(s["accepted"]) - int(s["delivered"])
+        line = f"sink {name!r}: {s['accepted']} accepted, {s['delivered']} delivered"
+        if not missing:
+            log.info("%s", line)
+            continue
+        parts = [
+            f"{s[k]} {k.replace('_', '-')}"
+            for k in ("dead_lettered", "failed", "dropped", "pending")
+            if s[k]
+        ]
+        log.error(
+            "%s; %d NOT delivered (%s)%s",
+            line,
+            missing,
+            ", ".join(parts),
+            f"; last error: {s['last_error']}" if s.get("last_error") else "",
+        )
+
+
+@cli.command()
+@CONFIG_OPTION
+def check(config_path: Path) -> None:
+    """Validate the config and run each enabled sink's connection check."""
+    config, _ = _load(config_path)
+    click.echo(f"config: ok ({len(config.machines)} machines, source {config.source.type})")
+    failed = 0
+    for spec in config.sinks.values():
+        if not spec.config.enabled:
+            click.echo(f"sink {spec.name}: disabled")
+            continue
+        try:
+            active = start_sink(spec, config.host)
+        except SparkSinksError as exc:
+            failed += 1
+            click.echo(f"sink {spec.name}: FAILED: {exc}")
+            continue
+        stop_sink(active)
+        click.echo(f"sink {spec.name}: ok")
+    sys.exit(1 if failed else 0)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, their hooks, and the sink and source types they provide."""
+    registry = load_registry()
+    rows = []
+    for p in registry.plugins:
+        rows.append(
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "hooks": list(p.hooks),
+                "sink_types": sorted(
+                    k for k, v in registry.sink_types.items() if v.plugin.name == p.name
+                ),
+                "source_types": sorted(
+                    k for k, v in registry.source_types.items() if v.plugin.name == p.name
+                ),
+            }
+        )
+    if as_json:
+        click.echo(orjson.dumps({"plugins": rows, "broken": registry.broken}).decode())
+        return
+    for r in rows:
+        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "built into core"
+        click.echo(f"{r['name']} ({dist})")
+        if r["sink_types"]:
+            click.echo(f"  sink types:   {', '.join(r['sink_types'])}")
+        if r["source_types"]:
+            click.echo(f"  source types: {', '.join(r['source_types'])}")
+        click.echo(f"  hooks:        {', '.join(r['hooks'])}")
+    for name, why in registry.broken.items():
+        click.echo(f"{name} (BROKEN): {why}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_CONFIG if exc.exit_code == 2 else exc.exit_code)
+    except SparkSinksError as exc:
+        click.echo(f"spark-sinks: error: {logs.redact(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: still one line, with where to look
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else ""
+        click.echo(
+            f"spark-sinks: internal error: {type(exc).__name__}: {logs.redact(str(exc))}{where}"
+            " (run with --log-level DEBUG and report it)",
+            err=True,
+        )
+        log.debug("traceback", exc_info=True)
+        sys.exit(70)

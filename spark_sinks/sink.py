@@ -1,0 +1,177 @@
+"""The contract between the core and every sink, built-in or third-party.
+
+Lifecycle, always in this order for one sink instance::
+
+    open() -> check() -> write()* -> flush() -> close()
+
+``check`` is skipped when the sink's config says so; ``write`` may be called
+from one thread at a time only; ``flush`` may also be called between writes
+(e.g. before a live reconfiguration); ``close`` comes once, after the last
+``write`` and a final ``flush``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from .envelope import Envelope
+
+
+class SinkConfig(BaseModel):
+    """Settings every sink has. A sink type subclasses it with its own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    enabled: bool = True
+    dead_letter: Path | None = None
+    """JSON-lines file for envelopes this sink can never deliver (with the reason)."""
+    flush_timeout: float = Field(30.0, gt=0)
+    """Seconds a flush (e.g. at shutdown) may take before what is left is reported."""
+
+
+class SinkStats:
+    """Honest per-sink counters, in envelopes.
+
+    ``accepted`` counts what the core handed to the sink. Every accepted
+    envelope ends up in exactly one of ``delivered``, ``dead_lettered``,
+    ``dropped`` or ``failed``, or is still ``pending``.
+    """
+
+    FIELDS = ("accepted", "delivered", "retried", "dead_lettered", "dropped", "failed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.delivered = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self.dropped = 0
+        self.failed = 0
+        self.last_error: str | None = None
+
+    def add(self, field: str, n: int = 1) -> None:
+        """Thread-safe increment, for sinks that deliver from their own threads."""
+        with self._lock:
+            setattr(self, field, getattr(self, field) + n)
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.last_error = message
+
+    @property
+    def pending(self) -> int:
+        return self.accepted - self.delivered - self.dead_lettered - self.dropped - self.failed
+
+    @property
+    def undelivered(self) -> int:
+        return self.accepted - self.delivered
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            snap: dict[str, Any] = {f: getattr(self, f) for f in self.FIELDS}
+            snap["last_error"] = self.last_error
+        snap["pending"] = (
+            snap["accepted"]
+            - snap["delivered"]
+            - snap["dead_lettered"]
+            - snap["dropped"]
+            - snap["failed"]
+        )
+        return snap
+
+
+class SinkContext:
+    """What the core lends a sink instance: identity, logging, counters, dead letters."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        dead_letter_path: Path | None = None,
+        stats: SinkStats | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.log = logging.getLogger(f"spark_sinks.sink.{name}")
+        self.stats = stats or SinkStats()
+        self.dead_letter_path = dead_letter_path
+        self.stopping = threading.Event()
+        """Set when the process shuts down: retry loops should give up waiting."""
+        self._dl_lock = threading.Lock()
+
+    def dead_letter(self, envelope: Envelope, reason: str) -> None:
+        """Set aside an envelope that can never be delivered, and count it.
+
+        Without a configured file the envelope is still counted and logged, so
+        the run's exit status reports it.
+        """
+        self.stats.add("dead_lettered")
+        self.stats.error(reason)
+        self.log.error(
+            "dead-lettered a %s envelope of %s: %s", envelope.type, envelope.machine, reason
+        )
+        if self.dead_letter_path is None:
+            return
+        line = orjson.dumps(
+            {"sink": self.name, "reason": reason, "envelope": orjson.Fragment(envelope.to_json())}
+        )
+        with self._dl_lock, open(self.dead_letter_path, "ab") as fh:
+            fh.write(line + b"\n")
+
+
+class Sink:
+    """Base class for sinks. Subclass it, set ``type_name`` and ``Config``.
+
+    Set ``buffered = True`` when ``write`` only queues envelopes and delivery
+    happens later; the sink then reports every outcome through
+    ``self.stats`` (``delivered``, ``retried``...) or ``context.dead_letter``.
+    For an unbuffered sink, a ``write`` that returns means delivered and one
+    that raises means failed; the core counts both.
+    """
+
+    type_name: ClassVar[str] = ""
+    Config: ClassVar[type[SinkConfig]] = SinkConfig
+    buffered: ClassVar[bool] = False
+
+    def __init__(self, config: SinkConfig, context: SinkContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def name(self) -> str:
+        return self.context.name
+
+    @property
+    def stats(self) -> SinkStats:
+        return self.context.stats
+
+    @property
+    def log(self) -> logging.Logger:
+        return self.context.log
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Create clients and files. Raise ``SinkError`` when that cannot work."""
+
+    def check(self) -> str:
+        """Prove the destination is reachable; raise ``SinkError`` if not.
+
+        Returns a short description for ``spark-sinks check``.
+        """
+        return "ok"
+
+    def write(self, envelopes: Sequence[Envelope]) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
+        """Deliver everything written so far, waiting at most ``timeout`` seconds."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Called once, after the final ``flush``."""

@@ -1,0 +1,60 @@
+"""Sources feed the pipeline with decoded data points and records.
+
+The core's own sources (``ndjson``, ``simulator``) are registered through the
+same hook as a third party's would be.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from ..hookspecs import hookimpl
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    dead_letter: Path | None = None
+    """JSON-lines file that receives every rejected input item with the reason."""
+
+
+class Feed(Protocol):
+    """What a source pushes into; implemented by ``pipeline.Pipeline``."""
+
+    def item(self, obj: Any, where: str) -> None:
+        """A decoded JSON object: a data point or a whole record. Bad items are
+        reported by the feed, named by ``where`` (e.g. ``stdin line 12``)."""
+
+    def point(self, machine: str, variable: str, value: Any, time: Any = None) -> None: ...
+
+    def reject(self, where: str, reason: str, raw: bytes | None = None) -> None: ...
+
+    def flush(self) -> None:
+        """Hand what is assembled to the sinks; call it before the source waits."""
+
+
+class Source:
+    type_name: ClassVar[str] = ""
+    Config: ClassVar[type[SourceConfig]] = SourceConfig
+
+    def __init__(self, config: SourceConfig, machines: dict[str, Any]) -> None:
+        self.config = config
+        self.machines = machines
+
+    def run(self, feed: Feed, stop: threading.Event) -> None:
+        """Produce until the input ends or ``stop`` is set."""
+        raise NotImplementedError
+
+
+@hookimpl
+def spark_sinks_register_sources(register: Any) -> None:
+    from .ndjson import NdjsonSource
+    from .simulator import SimulatorSource
+
+    register(NdjsonSource)
+    register(SimulatorSource)
