@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,21 @@ def _info(pm: pluggy.PluginManager, plugin: object) -> PluginInfo:
     return PluginInfo(name, dist, version, hooks)
 
 
+def _registrar(
+    target: dict[str, Provided], kind: str, info: PluginInfo
+) -> Callable[[type[Sink] | type[Source]], None]:
+    def register(cls: type[Sink] | type[Source]) -> None:
+        name = getattr(cls, "type_name", "")
+        if not name:
+            raise PluginError(f"{kind} class {cls!r} has no type_name")
+        if name in target:
+            other = target[name].plugin.name
+            raise PluginError(f"{kind} type {name!r} is already provided by {other!r}")
+        target[name] = Provided(cls, info)
+
+    return register
+
+
 def load_registry() -> Registry:
     """Discover plugins and collect what they provide.
 
@@ -131,17 +147,8 @@ def load_registry() -> Registry:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             info = infos[id(impl.plugin)]
 
-            def register(cls: type[Sink] | type[Source], _info: PluginInfo = info) -> None:
-                name = getattr(cls, "type_name", "")
-                if not name:
-                    raise PluginError(f"{kind} class {cls!r} has no type_name")
-                if name in target:
-                    other = target[name].plugin.name
-                    raise PluginError(f"{kind} type {name!r} is already provided by {other!r}")
-                target[name] = Provided(cls, _info)
-
             try:
-                impl.function(register=register)
+                impl.function(register=_registrar(target, kind, info))
             except Exception as exc:
                 registry.broken[info.name] = f"{hook_name} raised {_describe(exc)}"
                 log.error("plugin %r raised in %s: %s", info.name, hook_name, _describe(exc))

@@ -157,7 +157,7 @@ class Sink:
     def log(self) -> logging.Logger:
         return self.context.log
 
-    def open(self) -> None:  # noqa: B027 - optional hook
+    def open(self) -> None:
         """Create clients and files. Raise ``SinkError`` when that cannot work."""
 
     def check(self) -> str:
@@ -170,8 +170,8 @@ class Sink:
     def write(self, envelopes: Sequence[Envelope]) -> None:
         raise NotImplementedError
 
-    def flush(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
+    def flush(self, timeout: float | None = None) -> None:
         """Deliver everything written so far, waiting at most ``timeout`` seconds."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources. Called once, after the final ``flush``."""

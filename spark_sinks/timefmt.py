@@ -1,4 +1,4 @@
-"""Timestamps as the original's JavaScript ``Date`` serialised them: ``2026-11-26T10:00:00.000Z``."""
+"""Timestamps as the original's JavaScript ``Date`` wrote them: ``2026-11-26T10:00:00.000Z``."""
 
 from __future__ import annotations
 
