@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,6 +106,19 @@ class SinkContext:
         self.stopping = threading.Event()
         """Set when the process shuts down: retry loops should give up waiting."""
         self._dl_lock = threading.Lock()
+        self.on_delivered: Callable[[Sequence[Envelope]], None] | None = None
+        """Set by the core (e.g. a spool) to learn which envelopes were delivered."""
+
+    def delivered(self, envelopes: Sequence[Envelope]) -> None:
+        """A buffered sink calls this once the destination has accepted these envelopes.
+
+        Pass the envelope objects received in ``write``: the core uses them to
+        release durable copies (the spool), not just to count.
+        """
+        self.stats.add("delivered", len(envelopes))
+        hook = self.on_delivered
+        if hook is not None:
+            hook(envelopes)
 
     def dead_letter(self, envelope: Envelope, reason: str) -> None:
         """Set aside an envelope that can never be delivered, and count it.
@@ -131,8 +144,9 @@ class Sink:
     """Base class for sinks. Subclass it, set ``type_name`` and ``Config``.
 
     Set ``buffered = True`` when ``write`` only queues envelopes and delivery
-    happens later; the sink then reports every outcome through
-    ``self.stats`` (``delivered``, ``retried``...) or ``context.dead_letter``.
+    happens later; the sink then reports every outcome itself:
+    ``context.delivered(envelopes)``, ``context.dead_letter(envelope, reason)``,
+    ``stats.add("retried", n)``.
     For an unbuffered sink, a ``write`` that returns means delivered and one
     that raises means failed; the core counts both.
     """
