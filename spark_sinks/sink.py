@@ -104,7 +104,8 @@ class SinkContext:
         self.stats = stats or SinkStats()
         self.dead_letter_path = dead_letter_path
         self.stopping = threading.Event()
-        """Set when the process shuts down: retry loops should give up waiting."""
+        """Set when waiting must end now (a second SIGINT/SIGTERM): retry loops give up and
+        flush returns, leaving what is undelivered to be reported."""
         self._dl_lock = threading.Lock()
         self.on_delivered: Callable[[Sequence[Envelope]], None] | None = None
         """Set by the core (e.g. a spool) to learn which envelopes were delivered."""
