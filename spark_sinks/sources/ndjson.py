@@ -8,6 +8,7 @@ import threading
 from typing import Literal
 
 import orjson
+from pydantic import field_validator
 
 from . import Feed, Source, SourceConfig
 
@@ -18,6 +19,14 @@ class NdjsonConfig(SourceConfig):
     type: Literal["ndjson"] = "ndjson"
     path: str = "-"
     """A file, or ``-`` for standard input."""
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, v: str) -> str:
+        if v != "-" and not os.access(v, os.R_OK):
+            why = "does not exist" if not os.path.exists(v) else "is not readable"
+            raise ValueError(f"input file {v!r} {why}")
+        return v
 
 
 class NdjsonSource(Source):

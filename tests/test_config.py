@@ -1,0 +1,130 @@
+"""Config errors: one readable line naming the path, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from spark_sinks.config import load_config
+from spark_sinks.errors import ConfigError
+from spark_sinks.plugins import load_registry
+from tests.helpers import MACHINES, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def error_of(tmp_path, registry, **overrides) -> str:
+    path = write_config(tmp_path / "c.yaml", **overrides)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, registry)
+    return str(exc.value)
+
+
+def test_valid_config_loads_with_defaults(tmp_path, registry):
+    cfg = load_config(write_config(tmp_path / "c.yaml"), registry)
+    assert cfg.host == "gw-test"
+    assert cfg.on_incomplete == "drop"
+    assert cfg.sinks["out"].config.format == "json"
+    assert cfg.sinks["out"].provided.plugin.distribution == "spark-sinks-stdout"
+
+
+def test_unknown_key_in_a_sink_names_its_path(tmp_path, registry):
+    msg = error_of(tmp_path, registry, sinks={"out": {"type": "stdout", "colour": "red"}})
+    assert msg.endswith("sinks.out.colour: unknown key")
+
+
+def test_wrong_type_names_its_path(tmp_path, registry):
+    msg = error_of(tmp_path, registry, sinks={"out": {"type": "stdout", "enabled": "maybe"}})
+    assert "sinks.out.enabled: Input should be a valid boolean" in msg
+
+
+def test_unknown_sink_type_lists_the_known_ones(tmp_path, registry):
+    msg = error_of(tmp_path, registry, sinks={"out": {"type": "carrier-pigeon"}})
+    assert "sinks.out.type: unknown sink type 'carrier-pigeon' (known: " in msg
+    assert "stdout" in msg
+
+
+def test_unknown_format_and_bad_reference_name_the_machine(tmp_path, registry):
+    bad = {"m": {"variables": {"v": {"format": "float128"}}}}
+    assert "machines.m.variables.v.format: 'float128' is not a Spark format" in error_of(
+        tmp_path, registry, machines=bad
+    )
+    bad = {
+        "m": {
+            "variables": {
+                "v": {
+                    "format": "float",
+                    "srcVariables": [{"srcMachine": "ghost", "srcVariable": "t"}],
+                }
+            }
+        }
+    }
+    assert "machines.m.variables.v.srcVariables[0].srcMachine: unknown machine 'ghost'" in (
+        error_of(tmp_path, registry, machines=bad)
+    )
+
+
+def test_missing_environment_variable_names_the_path(tmp_path, registry, monkeypatch):
+    monkeypatch.delenv("SPARK_TEST_UNSET", raising=False)
+    msg = error_of(tmp_path, registry, host="${SPARK_TEST_UNSET}")
+    assert msg.endswith("host: environment variable SPARK_TEST_UNSET is not set")
+
+
+def test_environment_variables_and_defaults_are_substituted(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("SPARK_TEST_HOST", "from-env")
+    monkeypatch.delenv("SPARK_TEST_FMT", raising=False)
+    cfg = load_config(
+        write_config(
+            tmp_path / "c.yaml",
+            host="${SPARK_TEST_HOST}",
+            sinks={"out": {"type": "stdout", "format": "${SPARK_TEST_FMT:-pretty}"}},
+        ),
+        registry,
+    )
+    assert cfg.host == "from-env"
+    assert cfg.sinks["out"].config.format == "pretty"
+
+
+def test_yaml_is_loaded_safely(tmp_path, registry):
+    path = tmp_path / "c.yaml"
+    path.write_text("host: !!python/object/apply:os.system ['true']\nmachines: {}\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path, registry)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "config file not found"),
+        ("", "config file is empty"),
+        ("machines: [unclosed\n", "line 2, column 1: invalid YAML"),
+        ("- a\n- b\n", "expected a mapping at the top level"),
+        ("machines: {}\n", "machines: List should have at least 1 item"),
+    ],
+)
+def test_cli_reports_bad_config_in_one_line_with_exit_2(tmp_path, content, expected):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli("run", "-c", str(path))
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert expected in err or expected.replace("List", "Dictionary") in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert result.stdout == b""
+
+
+def test_cli_check_validates_and_reports_sinks(tmp_path):
+    path = write_config(
+        tmp_path / "c.yaml",
+        sinks={"out": {"type": "stdout"}, "off": {"type": "stdout", "enabled": False}},
+    )
+    result = run_cli("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert f"config: ok ({len(MACHINES)} machines, source ndjson)" in out
+    assert "sink out: ok" in out
+    assert "sink off: disabled" in out
