@@ -1,0 +1,560 @@
+"""The ``kinesis`` sink: batched PutRecords that lose nothing the stream can accept.
+
+Data flow::
+
+    write() --(partition key -> lane)--> lane queue --sender thread--> PutRecords
+       ^  blocks while max_buffered_bytes are held           |
+       +------------------- space freed <---- delivered / dead-lettered
+
+* Each partition key (host/machine) always maps to the same *lane*; a lane has one
+  sender thread and at most one PutRecords request in flight, so the records of one
+  machine leave in the order they were written. ``max_in_flight`` lanes run at once.
+* A lane sends a batch when it holds ``max_batch_records`` records or
+  ``max_batch_bytes`` bytes, when its oldest record has waited ``linger_ms``, or at
+  once during a flush.
+* Only failed entries are retried: they go back to the *front* of their lane and lead
+  the next request, after a backoff with full jitter. A retried record can therefore
+  arrive after records that were in the same request behind it, never after records
+  of a later request.
+* Records Kinesis can never accept go to the dead letter, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
+
+from .config import KinesisConfig
+from .keys import partition_key
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("ACTIVE", "UPDATING")
+
+RETRYABLE_ENTRY_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "InternalFailure", "KMSThrottlingException"}
+)
+"""Per-entry codes that mean "busy, try again": retried with the usual backoff."""
+INVALID_CODES = frozenset({"ValidationException", "InvalidArgumentException"})
+"""Codes that mean the record itself is unacceptable: dead-lettered, never retried.
+Any other per-entry code (e.g. KMS access problems) is retried slowly, since an
+operator can fix it."""
+THROTTLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "KMSThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+    }
+)
+CREDENTIAL_CODES = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "MissingAuthenticationToken",
+        "InvalidAccessKeyId",
+    }
+)
+ACCESS_CODES = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
+NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+_LOG_EVERY = 10.0
+
+
+class _Lane:
+    """One sender thread and its queue of entries ``(envelope, data, key, size, t_enqueued)``."""
+
+    __slots__ = ("attempt", "bytes", "cond", "index", "queue", "retry_at", "split", "thread")
+
+    def __init__(self, index: int, lock: threading.Lock) -> None:
+        self.index = index
+        self.queue: deque[tuple[Envelope, bytes, str, int, float]] = deque()
+        self.bytes = 0
+        self.cond = threading.Condition(lock)
+        self.thread: threading.Thread | None = None
+        self.attempt = 0
+        """Consecutive failed requests; drives the backoff."""
+        self.retry_at = 0.0
+        """Monotonic time before which this lane sends nothing (backoff)."""
+        self.split: int | None = None
+        """Batch size limit while isolating a record that makes whole requests invalid."""
+
+
+class _Outcome:
+    __slots__ = ("dead", "delivered", "freed", "requeue", "slow", "split")
+
+    def __init__(self) -> None:
+        self.delivered: list[Envelope] = []
+        self.dead: list[tuple[Envelope, str]] = []
+        self.requeue: list[tuple[Envelope, bytes, str, int, float]] = []
+        self.freed = 0
+        """Bytes of the delivered and dead-lettered records."""
+        self.slow = False
+        """The failure needs an operator (credentials, permissions, missing stream)."""
+        self.split = False
+        """The request was invalid as a whole: resend in halves, without backoff."""
+
+
+class KinesisSink(Sink):
+    type_name = "kinesis"
+    Config = KinesisConfig
+    buffered = True
+
+    config: KinesisConfig
+
+    def __init__(self, config: KinesisConfig, context: Any) -> None:  # type: ignore[override]
+        super().__init__(config, context)
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._lanes = [_Lane(i, self._lock) for i in range(config.max_in_flight)]
+        self._pending = 0
+        """Records held: queued, or in a request whose answer has not been handled yet."""
+        self._buffered = 0
+        """Bytes (data + partition keys) of the records held."""
+        self._flushing = 0
+        self._abort = False
+        self._keys: dict[tuple[str, str | None], tuple[str, int, _Lane]] = {}
+        self._client: Any = None
+        self._control: Any = None
+        self._endpoint = config.endpoint_url
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        cfg = self.config
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=cfg.access_key_id,
+                aws_secret_access_key=(
+                    cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
+                ),
+                aws_session_token=(
+                    cfg.session_token.get_secret_value() if cfg.session_token else None
+                ),
+                profile_name=cfg.profile,
+                region_name=cfg.region,
+            )
+        except botocore.exceptions.ProfileNotFound:
+            raise SinkError(
+                f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise SinkError(f"cannot set up AWS credentials: {exc}") from None
+
+        def client(attempts: int) -> Any:
+            conf = botocore.config.Config(
+                region_name=cfg.region,
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                max_pool_connections=cfg.max_in_flight + 2,
+                parameter_validation=attempts > 1,
+                tcp_keepalive=True,
+            )
+            return session.client("kinesis", endpoint_url=cfg.endpoint_url, config=conf)
+
+        try:
+            # The sender owns retrying ("until shutdown"), so botocore makes one attempt.
+            self._client = client(1)
+            self._control = client(2)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise SinkError(f"cannot create the Kinesis client: {exc}") from None
+        self._endpoint = self._client.meta.endpoint_url
+        for lane in self._lanes:
+            lane.thread = threading.Thread(
+                target=self._run_lane, args=(lane,), name=f"kinesis-{self.name}-{lane.index}"
+            )
+            lane.thread.daemon = True
+            lane.thread.start()
+
+    def check(self) -> str:
+        cfg = self.config
+        try:
+            summary = self._control.describe_stream_summary(StreamName=cfg.stream_name)[
+                "StreamDescriptionSummary"
+            ]
+        except Exception as exc:
+            raise SinkError(self._explain(exc, "DescribeStreamSummary")) from None
+        status = summary.get("StreamStatus")
+        if status not in ACTIVE_STATES:
+            raise SinkError(
+                f"Kinesis stream {cfg.stream_name!r} in {cfg.region} is {status}, "
+                "not ACTIVE or UPDATING"
+            )
+        shards = summary.get("OpenShardCount")
+        text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
+        if not cfg.connection_test:
+            return text
+        host = self.context.host
+        test = Envelope(
+            CONNECTION_TEST,
+            host,
+            {
+                "time": timefmt.now(),
+                "sink": self.name,
+                "stream": cfg.stream_name,
+                "message": "spark-sinks connection test",
+            },
+        )
+        try:
+            out = self._control.put_record(
+                StreamName=cfg.stream_name,
+                Data=test.to_json(),
+                PartitionKey=partition_key(host, None),
+            )
+        except Exception as exc:
+            raise SinkError(self._explain(exc, "PutRecord (connection test)")) from None
+        return f"{text}; connection test record written to {out.get('ShardId')}"
+
+    def write(self, envelopes: Sequence[Envelope]) -> None:
+        cfg = self.config
+        max_record = cfg.max_record_bytes
+        bound = cfg.max_buffered_bytes
+        keys = self._keys
+        now = time.monotonic()
+        entries = []
+        for env in envelopes:
+            data = env.to_json()
+            k = keys.get((env.host, env.machine))
+            if k is None:
+                k = self._key(env.host, env.machine)
+            size = len(data) + k[1]
+            if size > max_record:
+                self.context.dead_letter(
+                    env,
+                    f"record of {size} bytes (data and partition key) exceeds "
+                    f"max_record_bytes ({max_record})",
+                )
+                continue
+            entries.append((env, data, k[0], size, k[2]))
+        if not entries:
+            return
+        stopping = self.context.stopping
+        touched: set[_Lane] = set()
+        with self._lock:
+            for env, data, key, size, lane in entries:
+                if self._buffered + size > bound and self._buffered:
+                    for t in touched:
+                        t.cond.notify()
+                    # Backpressure: wait for the senders. Nothing is dropped; only when the
+                    # operator insists on stopping is the bound exceeded, to be reported.
+                    while self._buffered + size > bound and self._buffered:
+                        if stopping.is_set():
+                            break
+                        self._not_full.wait(0.2)
+                lane.queue.append((env, data, key, size, now))
+                lane.bytes += size
+                self._buffered += size
+                self._pending += 1
+                touched.add(lane)
+            for t in touched:
+                t.cond.notify()
+
+    def flush(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stopping = self.context.stopping
+        with self._lock:
+            self._flushing += 1
+            try:
+                for lane in self._lanes:
+                    lane.cond.notify()
+                while self._pending and not self._abort and not stopping.is_set():
+                    wait = 0.2
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        wait = min(wait, remaining)
+                    self._idle.wait(wait)
+            finally:
+                self._flushing -= 1
+            left, held = self._pending, self._buffered
+        if left:
+            why = "the operator insisted on stopping" if stopping.is_set() else "flush deadline"
+            self.log.warning(
+                "%s: %d records (%d bytes) not yet accepted by stream %r",
+                why,
+                left,
+                held,
+                self.config.stream_name,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._abort = True
+            left = self._pending
+            for lane in self._lanes:
+                lane.cond.notify_all()
+            self._not_full.notify_all()
+        deadline = time.monotonic() + 2.0
+        for lane in self._lanes:
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
+        if left:
+            self.log.error(
+                "closed with %d records not delivered to stream %r", left, self.config.stream_name
+            )
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _key(self, host: str, machine: str | None) -> tuple[str, int, _Lane]:
+        key = partition_key(host, machine)
+        raw = key.encode("utf-8")
+        lane = self._lanes[zlib.crc32(raw) % len(self._lanes)]
+        k = (key, len(raw), lane)
+        self._keys[(host, machine)] = k
+        return k
+
+    def _halted(self) -> bool:
+        return self._abort or self.context.stopping.is_set()
+
+    def _next_batch(self, lane: _Lane) -> list[tuple[Envelope, bytes, str, int, float]] | None:
+        """Wait (holding the lock) until the lane should send; None means exit."""
+        cfg = self.config
+        max_records = cfg.max_batch_records
+        max_bytes = cfg.max_batch_bytes
+        linger = cfg.linger_ms / 1000.0
+        q = lane.queue
+        while True:
+            if self._halted():
+                return None
+            if not q:
+                lane.cond.wait(0.5)
+                continue
+            now = time.monotonic()
+            if lane.retry_at > now:
+                lane.cond.wait(min(lane.retry_at - now, 0.2))
+                continue
+            if (
+                len(q) >= max_records
+                or lane.bytes >= max_bytes
+                or self._flushing
+                or now - q[0][4] >= linger
+            ):
+                break
+            lane.cond.wait(min(linger - (now - q[0][4]), 0.2))
+        limit = max_records if lane.split is None else lane.split
+        batch = [q.popleft()]
+        total = batch[0][3]
+        while q and len(batch) < limit and total + q[0][3] <= max_bytes:
+            e = q.popleft()
+            total += e[3]
+            batch.append(e)
+        lane.bytes -= total
+        return batch
+
+    def _run_lane(self, lane: _Lane) -> None:
+        while True:
+            with self._lock:
+                batch = self._next_batch(lane)
+            if batch is None:
+                return
+            try:
+                outcome = self._send(lane, batch)
+            except Exception as exc:  # a bug must not lose records: keep them, retry slowly
+                log.exception("unexpected error in the Kinesis sender")
+                self.stats.error(f"unexpected error in the sender: {type(exc).__name__}: {exc}")
+                outcome = _Outcome()
+                outcome.requeue = batch
+                outcome.slow = True
+            self._settle(lane, outcome)
+
+    def _send(self, lane: _Lane, batch: list[tuple[Envelope, bytes, str, int, float]]) -> _Outcome:
+        from botocore.exceptions import ClientError
+
+        out = _Outcome()
+        try:
+            resp = self._client.put_records(
+                StreamName=self.config.stream_name,
+                Records=[{"Data": e[1], "PartitionKey": e[2]} for e in batch],
+            )
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in INVALID_CODES and not (isinstance(status, int) and status >= 500):
+                if len(batch) == 1:
+                    reason = f"rejected by Kinesis: {code}: {err.get('Message', '')}".rstrip(": ")
+                    out.dead.append((batch[0][0], reason))
+                    out.freed = batch[0][3]
+                    return out
+                # Some record makes the whole request invalid: halve until it stands alone.
+                lane.split = max(1, len(batch) // 2)
+                out.split = True
+                out.requeue = batch
+                self._note("split", f"PutRecords rejected a batch ({code}); isolating the record")
+                return out
+            out.requeue = batch
+            out.slow = not (
+                code in THROTTLE_CODES
+                or code in ("InternalFailure", "ServiceUnavailable", "InternalServerError")
+                or (isinstance(status, int) and status >= 500)
+            )
+            self._note(code or "error", self._explain(exc, "PutRecords"), slow=out.slow)
+            return out
+        except Exception as exc:  # connection errors, timeouts, resets
+            out.requeue = batch
+            self._note(type(exc).__name__, self._explain(exc, "PutRecords"))
+            return out
+
+        results = resp.get("Records") or []
+        if not resp.get("FailedRecordCount") and len(results) == len(batch):
+            out.delivered = [e[0] for e in batch]
+            out.freed = sum([e[3] for e in batch])
+            return out
+        if len(results) != len(batch):  # a malformed answer: assume nothing was stored
+            out.requeue = batch
+            self._note("malformed", "PutRecords answered with a wrong number of entries")
+            return out
+        codes: dict[str, int] = {}
+        for e, r in zip(batch, results, strict=True):
+            code = r.get("ErrorCode")
+            if not code:
+                out.delivered.append(e[0])
+                out.freed += e[3]
+            elif code in INVALID_CODES:
+                out.dead.append((e[0], f"rejected by Kinesis: {code}: {r.get('ErrorMessage')}"))
+                out.freed += e[3]
+            else:
+                out.requeue.append(e)
+                codes[code] = codes.get(code, 0) + 1
+                if code not in RETRYABLE_ENTRY_CODES:
+                    out.slow = True
+        if codes:
+            detail = ", ".join(f"{n} {c}" for c, n in sorted(codes.items()))
+            self._note(
+                "partial", f"PutRecords: {len(out.requeue)} of {len(batch)} failed ({detail})"
+            )
+        return out
+
+    def _settle(self, lane: _Lane, out: _Outcome) -> None:
+        """Report outcomes, then release the space (so a flush never returns early)."""
+        if out.delivered:
+            self.context.delivered(out.delivered)
+        for env, reason in out.dead:
+            self.context.dead_letter(env, reason)
+        if out.requeue:
+            self.stats.add("retried", len(out.requeue))
+        done = len(out.delivered) + len(out.dead)
+        cfg = self.config
+        with self._lock:
+            if out.requeue:
+                lane.queue.extendleft(reversed(out.requeue))
+                lane.bytes += sum([e[3] for e in out.requeue])
+            self._buffered -= out.freed
+            self._pending -= done
+            if out.slow or (out.requeue and not out.split):
+                lane.attempt += 1
+                cap = min(cfg.retry_max_ms, cfg.retry_base_ms * (2 ** min(lane.attempt, 30)))
+                delay = random.uniform(0, cap) / 1000.0
+                if out.slow:  # an operator must act; do not hammer the endpoint
+                    delay = max(delay, cfg.retry_max_ms / 2000.0)
+                lane.retry_at = time.monotonic() + delay
+            elif not out.requeue:
+                lane.attempt = 0
+                if lane.split is not None:
+                    grown = lane.split * 2
+                    lane.split = None if grown >= cfg.max_batch_records else grown
+            if out.freed:
+                self._not_full.notify_all()
+            if done:
+                self._idle.notify_all()
+
+    # -- messages -----------------------------------------------------------------------
+
+    def _note(self, kind: str, message: str, slow: bool = False) -> None:
+        """Record the last error; log it at most every few seconds per kind."""
+        self.stats.error(message)
+        now = time.monotonic()
+        last = self._last_log.get(kind, 0.0)
+        if now - last < _LOG_EVERY:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        n = self._suppressed.pop(kind, 0)
+        self._last_log[kind] = now
+        more = f" ({n} more like it since the last report)" if n else ""
+        with self._lock:
+            held = self._pending
+        action = (
+            "retrying slowly until it is fixed or the sink stops"
+            if slow
+            else "retrying the failed records"
+        )
+        self.log.log(
+            logging.ERROR if slow else logging.WARNING,
+            "%s%s; %s, %d records held",
+            message,
+            more,
+            action,
+            held,
+        )
+
+    def _explain(self, exc: BaseException, what: str) -> str:
+        """An operator's sentence for a boto3 failure; never contains secrets."""
+        from botocore import exceptions as bx
+
+        cfg = self.config
+        stream = f"Kinesis stream {cfg.stream_name!r} in {cfg.region}"
+        where = f" at {self._endpoint}" if cfg.endpoint_url or self._endpoint else ""
+        if isinstance(exc, bx.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            msg = str(err.get("Message", "")).strip()
+            if code in NOT_FOUND_CODES:
+                return f"{stream} not found{where} ({what}: {code})"
+            if code in ACCESS_CODES:
+                return (
+                    f"access denied to {stream} ({what}: {code}); the credentials need "
+                    f"kinesis:DescribeStreamSummary, kinesis:PutRecord and kinesis:PutRecords"
+                    + (f": {msg}" if msg else "")
+                )
+            if code in CREDENTIAL_CODES:
+                return (
+                    f"AWS rejected the credentials for {stream} ({what}: {code}); check "
+                    "access_key_id/secret_access_key, the profile, or the AWS_* environment"
+                )
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return f"{what} on {stream} failed: {code or 'HTTP ' + str(status)}" + (
+                f": {msg}" if msg else ""
+            )
+        if isinstance(exc, bx.NoCredentialsError):
+            return (
+                f"no AWS credentials found for {stream}: set access_key_id and "
+                "secret_access_key, or profile, or provide them through the environment, "
+                "the shared credentials file or an instance role"
+            )
+        if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+            return f"cannot reach the Kinesis endpoint {self._endpoint} ({what}): {exc}"
+        if isinstance(exc, bx.ReadTimeoutError):
+            return (
+                f"the Kinesis endpoint {self._endpoint} did not answer within "
+                f"{cfg.read_timeout:g} s ({what})"
+            )
+        if isinstance(exc, bx.ConnectionClosedError):
+            return f"the Kinesis endpoint {self._endpoint} closed the connection ({what})"
+        if isinstance(exc, bx.BotoCoreError):
+            return f"{what} on {stream} failed: {exc}"
+        return f"{what} on {stream} failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,156 @@
+"""Helpers for the Kinesis sink tests: configs, input files, the CLI, reading a stream back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+BIN = Path(sys.executable).parent
+SPARK_SINKS = str(BIN / "spark-sinks")
+HOST = "gw-test"
+VARIABLES = ("temperature", "pressure", "speed", "state", "count")
+FORMATS = {
+    "temperature": "float",
+    "pressure": "float",
+    "speed": "double",
+    "state": "string",
+    "count": "int32",
+}
+
+
+def machine_names(n: int) -> list[str]:
+    return [f"machine-{i:02d}" for i in range(n)]
+
+
+def machines_block(names: Iterable[str]) -> dict[str, Any]:
+    return {
+        name: {
+            "info": {"name": name, "description": f"test machine {name}"},
+            "variables": {
+                v: {"name": v, "description": f"{v} of {name}", "format": FORMATS[v]}
+                for v in VARIABLES
+            },
+        }
+        for name in names
+    }
+
+
+def config(
+    path: Path,
+    stream: str,
+    endpoint: str,
+    machines: int = 4,
+    source: dict[str, Any] | None = None,
+    **sink: Any,
+) -> Path:
+    """Write a config with one kinesis sink named ``cloud`` and return its path."""
+    block = {
+        "type": "kinesis",
+        "stream_name": stream,
+        "region": "us-east-1",
+        "endpoint_url": endpoint,
+        "linger_ms": 20,
+        "retry_base_ms": 20,
+        "retry_max_ms": 500,
+        "flush_timeout": 60,
+        **sink,
+    }
+    cfg = {
+        "host": HOST,
+        "machines": machines_block(machine_names(machines)),
+        "source": source or {"type": "ndjson", "path": "-"},
+        "sinks": {"cloud": block},
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def records_ndjson(
+    path: Path, count: int, machines: int = 4, start_ms: int = 1_790_000_000_000
+) -> Path:
+    """``count`` whole records, round-robin over the machines; every record has a distinct
+    ``time`` (``start_ms + i``) so that a record can be identified when read back."""
+    names = machine_names(machines)
+    with path.open("wb") as fh:
+        for i in range(count):
+            values = {
+                "temperature": 20.0 + (i % 500) / 10,
+                "pressure": 1.0 + (i % 70) / 100,
+                "speed": 1200.5 + i % 13,
+                "state": "running",
+                "count": i % 100_000,
+            }
+            item = {"machine": names[i % machines], "time": start_ms + i, "values": values}
+            fh.write(orjson.dumps(item) + b"\n")
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SPARK_SINKS_LOAD_PLUGINS": "kinesis",
+    }
+    env.pop("AWS_ENDPOINT_URL", None)
+    env.pop("AWS_PROFILE", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [SPARK_SINKS, *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        check=False,
+    )
+
+
+def new_stream(client: Any, shards: int = 4) -> str:
+    name = f"spark-test-{uuid.uuid4().hex[:10]}"
+    client.create_stream(StreamName=name, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(
+        StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
+    )
+    return name
+
+
+def read_stream(client: Any, stream: str) -> list[dict[str, Any]]:
+    """Every record of every shard, in shard order then sequence order:
+    ``{"shard", "key", "seq", "raw", "envelope"}``."""
+    out: list[dict[str, Any]] = []
+    shards = client.list_shards(StreamName=stream)["Shards"]
+    for shard in shards:
+        it = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while it:
+            resp = client.get_records(ShardIterator=it, Limit=10_000)
+            for r in resp["Records"]:
+                out.append(
+                    {
+                        "shard": shard["ShardId"],
+                        "key": r["PartitionKey"],
+                        "seq": int(r["SequenceNumber"]),
+                        "raw": r["Data"],
+                        "envelope": orjson.loads(r["Data"]),
+                    }
+                )
+            if not resp["Records"]:
+                break
+            it = resp.get("NextShardIterator")
+    return out

@@ -1,0 +1,322 @@
+"""A fault-injecting HTTP proxy in front of the moto server, for Kinesis tests.
+
+moto never throttles and never fails, so tests put this proxy between the code
+under test and moto and dial in the faults real Kinesis produces::
+
+    with FaultProxy(moto.url) as proxy:
+        proxy.set_faults(partial=0.1, error=0.02, reset=0.01, slow=0.05, slow_seconds=0.2)
+        ... point the sink's endpoint_url at proxy.url ...
+        print(proxy.counters())
+
+Faults (each a share between 0 and 1, drawn per request or per entry):
+
+``partial``
+    Share of PutRecords *entries* answered ``ProvisionedThroughputExceededException``.
+    Those entries are removed from the request before it is forwarded, and failure
+    entries are spliced into moto's answer at their positions, so moto never stores
+    them: exactly what Kinesis does.
+``error``
+    Share of requests answered ``500 InternalFailure`` without being forwarded.
+``error_after``
+    Share of requests forwarded (moto stores the records) and then answered 500:
+    the client cannot know it succeeded, so a retry produces duplicates.
+``reset``
+    Share of requests whose connection is reset (TCP RST) before forwarding.
+``reset_after``
+    Share of requests forwarded and then reset (duplicates on retry, as above).
+``slow`` / ``slow_seconds``
+    Share of requests delayed by ``slow_seconds`` before being forwarded.
+
+Faults apply to the operations in ``targets`` (default ``{"PutRecords"}``), so a sink's
+start-up check and the tests' own reads are not disturbed; pass ``targets=None`` to hit
+every request. ``refuse_connections(True)`` closes the listening socket (connections are
+refused, like an endpoint that is down) and ``refuse_connections(False)`` listens again
+on the same port; use it for outage tests. ``counters()`` tells how many faults of each
+kind were injected. Everything is thread-safe and may be changed while traffic flows.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+THROTTLED = {
+    "ErrorCode": "ProvisionedThroughputExceededException",
+    "ErrorMessage": "Rate exceeded for shard in stream (injected by faultproxy).",
+}
+_HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding"}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    proxy: FaultProxy
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self.server.proxy._handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.proxy._handle(self, "POST")
+
+    def do_PUT(self) -> None:
+        self.server.proxy._handle(self, "PUT")
+
+    def do_DELETE(self) -> None:
+        self.server.proxy._handle(self, "DELETE")
+
+
+class FaultProxy:
+    """See the module docstring. ``url`` is where clients connect."""
+
+    def __init__(self, upstream: str, port: int = 0, seed: int | None = None) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream_host = parsed.hostname or "127.0.0.1"
+        self.upstream_port = parsed.port or 80
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._counters: Counter[str] = Counter()
+        self._faults: dict[str, float] = {}
+        self._targets: frozenset[str] | None = frozenset({"PutRecords"})
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = port
+        self.set_faults()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        server = _Server(("127.0.0.1", self.port), _Handler)
+        server.proxy = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="faultproxy")
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def refuse_connections(self, refuse: bool = True) -> None:
+        """True: stop listening, so new connections are refused. False: listen again."""
+        if refuse:
+            self.stop()
+        elif self._server is None:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    self.start()
+                    return
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+    # -- control ------------------------------------------------------------------------
+
+    def set_faults(
+        self,
+        partial: float = 0.0,
+        error: float = 0.0,
+        error_after: float = 0.0,
+        reset: float = 0.0,
+        reset_after: float = 0.0,
+        slow: float = 0.0,
+        slow_seconds: float = 0.0,
+        targets: Iterable[str] | None = ("PutRecords",),
+    ) -> None:
+        """Replace every fault setting at once (all off by default)."""
+        with self._lock:
+            self._faults = {
+                "partial": partial,
+                "error": error,
+                "error_after": error_after,
+                "reset": reset,
+                "reset_after": reset_after,
+                "slow": slow,
+                "slow_seconds": slow_seconds,
+            }
+            self._targets = None if targets is None else frozenset(targets)
+
+    def clear_faults(self) -> None:
+        self.set_faults()
+
+    def counters(self) -> dict[str, int]:
+        """Requests seen and faults injected so far: ``requests``, ``put_records``,
+        ``entries_forwarded``, ``entries_throttled``, ``errors``, ``errors_after``,
+        ``resets``, ``resets_after``, ``slowed``."""
+        with self._lock:
+            return dict(self._counters)
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self._counters.clear()
+
+    # -- the proxy ----------------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[key] += n
+
+    def _draw(self, name: str) -> bool:
+        with self._lock:
+            p = self._faults.get(name, 0.0)
+            return p > 0 and self._rng.random() < p
+
+    def _handle(self, h: _Handler, method: str) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        target = (h.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+        self._count("requests")
+        with self._lock:
+            targeted = self._targets is None or target in self._targets
+            slow_seconds = self._faults.get("slow_seconds", 0.0)
+        if targeted:
+            if self._draw("slow") and slow_seconds > 0:
+                self._count("slowed")
+                time.sleep(slow_seconds)
+            if self._draw("reset"):
+                self._count("resets")
+                self._reset(h)
+                return
+            if self._draw("error"):
+                self._count("errors")
+                self._reply_error(h)
+                return
+
+        throttled: list[int] = []
+        if target == "PutRecords" and method == "POST":
+            self._count("put_records")
+            if targeted and body:
+                body, throttled = self._drop_entries(body)
+
+        if throttled and body is None:  # every entry throttled: moto is not asked
+            status, headers, payload = 200, [("Content-Type", "application/x-amz-json-1.1")], b""
+            payload = self._splice(None, throttled)
+        else:
+            status, headers, payload = self._forward(h, method, body or b"")
+            if throttled and status == 200:
+                payload = self._splice(payload, throttled)
+
+        if targeted:
+            if self._draw("reset_after"):
+                self._count("resets_after")
+                self._reset(h)
+                return
+            if self._draw("error_after"):
+                self._count("errors_after")
+                self._reply_error(h)
+                return
+        self._reply(h, status, headers, payload)
+
+    def _drop_entries(self, body: bytes) -> tuple[bytes | None, list[int]]:
+        """Remove the entries to throttle; returns the new body (None if empty) and their
+        original positions."""
+        try:
+            req = json.loads(body)
+            records = req["Records"]
+        except (ValueError, KeyError, TypeError):
+            return body, []
+        keep, throttled = [], []
+        for i, r in enumerate(records):
+            if self._draw("partial"):
+                throttled.append(i)
+            else:
+                keep.append(r)
+        if not throttled:
+            return body, []
+        self._count("entries_throttled", len(throttled))
+        self._count("entries_forwarded", len(keep))
+        if not keep:
+            return None, throttled
+        req["Records"] = keep
+        return json.dumps(req).encode(), throttled
+
+    @staticmethod
+    def _splice(payload: bytes | None, throttled: list[int]) -> bytes:
+        upstream = json.loads(payload) if payload else {"FailedRecordCount": 0, "Records": []}
+        ok = iter(upstream.get("Records", []))
+        total = len(upstream.get("Records", [])) + len(throttled)
+        marks = set(throttled)
+        records = [dict(THROTTLED) if i in marks else next(ok) for i in range(total)]
+        upstream["Records"] = records
+        upstream["FailedRecordCount"] = int(upstream.get("FailedRecordCount", 0)) + len(throttled)
+        return json.dumps(upstream).encode()
+
+    def _forward(
+        self, h: _Handler, method: str, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
+        try:
+            conn.request(method, h.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_HEADERS]
+            return resp.status, out, payload
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _reply(h: _Handler, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+        try:
+            h.send_response(status)
+            for k, v in headers:
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+            h.wfile.flush()
+        except OSError:
+            h.close_connection = True
+
+    def _reply_error(self, h: _Handler) -> None:
+        payload = json.dumps(
+            {"__type": "InternalFailure", "message": "injected by faultproxy"}
+        ).encode()
+        self._reply(h, 500, [("Content-Type", "application/x-amz-json-1.1")], payload)
+
+    @staticmethod
+    def _reset(h: _Handler) -> None:
+        """Close with RST: the client sees 'connection reset by peer'."""
+        h.close_connection = True
+        try:
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+        except OSError:
+            pass
