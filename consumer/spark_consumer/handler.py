@@ -1,0 +1,163 @@
+"""The Lambda entry point: ``spark_consumer.handler.lambda_handler``.
+
+Each Kinesis record of the batch is deaggregated (KPL) and every envelope in it is
+stored. A record whose envelope can never be stored is logged with its sequence number and
+skipped; a record that fails for any other reason (DynamoDB throttling, an outage) is
+reported in ``batchItemFailures``, so Lambda retries it and what follows it, and the records
+before it are not redone. Every write is idempotent, so a retried record lands once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from aws_kinesis_agg.deaggregator import iter_deaggregate_records
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
+
+from .envelope import BadRecord, ConnectionTest, Metadata, Position, Record, decode
+from .store import DEFAULT_DATA_TABLE, DEFAULT_METADATA_TABLE, Store
+
+DATA_TABLE_ENV = "DATA_TABLE_NAME"
+METADATA_TABLE_ENV = "METADATA_TABLE_NAME"
+
+logger = logging.getLogger("spark_consumer")
+
+
+@dataclass
+class Counts:
+    records: int = 0
+    metadata: int = 0
+    duplicates: int = 0
+    stale_metadata: int = 0
+    connection_tests: int = 0
+    skipped: int = 0
+
+
+class Consumer:
+    """Stores one Lambda batch at a time through ``store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # A batch whose every record failed is still answered with batchItemFailures rather
+        # than an exception: Lambda then retries from the first record, as it would anyway.
+        self.processor = BatchProcessor(
+            event_type=EventType.KinesisDataStreams,
+            raise_on_entire_batch_failure=False,
+            logger=logger,
+        )
+        self.counts = Counts()
+
+    def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+        self.counts = Counts()
+        response = process_partial_response(
+            event=event,
+            record_handler=self.process_record,
+            processor=self.processor,
+            context=context,
+        )
+        failed = [item["itemIdentifier"] for item in response.get("batchItemFailures", [])]
+        logger.info(
+            "batch of %d Kinesis records: %s, %d failed",
+            len(event.get("Records", [])),
+            ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in vars(self.counts).items()),
+            len(failed),
+            extra={"failed_sequence_numbers": failed},
+        )
+        return dict(response)
+
+    def process_record(self, record: KinesisStreamRecord) -> None:
+        """One Kinesis record: every user record inside it, or an exception that marks the
+        whole Kinesis record failed (its already stored user records are rewritten
+        idempotently on the retry)."""
+        sequence_number = record.kinesis.sequence_number
+        try:
+            _payload(record.kinesis.get("data"))
+        except BadRecord as exc:
+            self.counts.skipped += 1
+            logger.error("skipping bad record %s: %s", sequence_number, exc)
+            return
+        try:
+            for user_record in iter_deaggregate_records(record.raw_event):
+                self.process_user_record(user_record["kinesis"])
+        except Exception:
+            logger.exception("failed to store record %s; it will be retried", sequence_number)
+            raise
+
+    def process_user_record(self, kinesis: dict[str, Any]) -> None:
+        position = Position(
+            sequence_number=str(kinesis["sequenceNumber"]),
+            arrival_ms=round(float(kinesis["approximateArrivalTimestamp"]) * 1000),
+            sub_sequence_number=kinesis.get("subSequenceNumber"),
+        )
+        try:
+            envelope = decode(_payload(kinesis.get("data")))
+            self.store_envelope(envelope, position)
+        except BadRecord as exc:
+            self.counts.skipped += 1
+            logger.error(
+                "skipping bad record %s (partition key %r): %s",
+                position.label,
+                kinesis.get("partitionKey"),
+                exc,
+                extra={"sequence_number": position.sequence_number},
+            )
+
+    def store_envelope(
+        self, envelope: Record | Metadata | ConnectionTest, position: Position
+    ) -> None:
+        if isinstance(envelope, Record):
+            if self.store.put_record(envelope, position):
+                self.counts.records += 1
+            else:
+                self.counts.duplicates += 1
+        elif isinstance(envelope, Metadata):
+            if self.store.put_metadata(envelope, position):
+                self.counts.metadata += 1
+            else:
+                self.counts.stale_metadata += 1
+        else:
+            self.counts.connection_tests += 1
+            logger.info("connection test from %s acknowledged", envelope.host)
+
+
+def _payload(data: Any) -> bytes:
+    if isinstance(data, str):
+        data = data.encode("ascii", "replace")
+    if not isinstance(data, bytes):
+        raise BadRecord("record has no data")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise BadRecord(f"data is not base64: {exc}") from None
+
+
+_cached: tuple[tuple[str | None, ...], Consumer] | None = None
+
+
+def consumer_from_env() -> Consumer:
+    """The consumer for the current environment, built once per Lambda container."""
+    global _cached
+    key = (
+        os.environ.get(DATA_TABLE_ENV) or DEFAULT_DATA_TABLE,
+        os.environ.get(METADATA_TABLE_ENV) or DEFAULT_METADATA_TABLE,
+        os.environ.get("AWS_ENDPOINT_URL"),
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+    if _cached is None or _cached[0] != key:
+        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+        _cached = (key, Consumer(Store.connect(key[0], key[1])))
+    return _cached[1]
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return consumer_from_env().handle(event, context)

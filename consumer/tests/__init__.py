@@ -1,0 +1,1 @@
+"""Tests of the consumer: handler, local runner, packaging, template, end to end."""
