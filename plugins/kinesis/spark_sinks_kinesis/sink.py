@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 import zlib
@@ -75,6 +76,27 @@ CREDENTIAL_CODES = frozenset(
 ACCESS_CODES = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
 _LOG_EVERY = 10.0
+_XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+
+
+def error_code(exc: Any) -> tuple[str, str, int | None]:
+    """``(code, message, http status)`` of a botocore ``ClientError``.
+
+    Some emulators answer a JSON API with an XML error body (moto does for bad
+    credentials); botocore then reports the HTTP status as the code. Recover the real one.
+    """
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    msg = str(err.get("Message", "")).strip()
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if msg.startswith("<"):
+        m = _XML_CODE.search(msg)
+        if m:
+            code = m.group(1)
+        m = _XML_MESSAGE.search(msg)
+        msg = m.group(1).strip() if m else ""
+    return code, msg, status if isinstance(status, int) else None
 
 
 class _Lane:
@@ -392,12 +414,10 @@ class KinesisSink(Sink):
                 Records=[{"Data": e[1], "PartitionKey": e[2]} for e in batch],
             )
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in INVALID_CODES and not (isinstance(status, int) and status >= 500):
+            code, msg, status = error_code(exc)
+            if code in INVALID_CODES and not (status and status >= 500):
                 if len(batch) == 1:
-                    reason = f"rejected by Kinesis: {code}: {err.get('Message', '')}".rstrip(": ")
+                    reason = f"rejected by Kinesis: {code}: {msg}".rstrip(": ")
                     out.dead.append((batch[0][0], reason))
                     out.freed = batch[0][3]
                     return out
@@ -411,7 +431,7 @@ class KinesisSink(Sink):
             out.slow = not (
                 code in THROTTLE_CODES
                 or code in ("InternalFailure", "ServiceUnavailable", "InternalServerError")
-                or (isinstance(status, int) and status >= 500)
+                or (status is not None and status >= 500)
             )
             self._note(code or "error", self._explain(exc, "PutRecords"), slow=out.slow)
             return out
@@ -467,7 +487,9 @@ class KinesisSink(Sink):
             self._buffered -= out.freed
             self._pending -= done
             if out.slow or (out.requeue and not out.split):
-                lane.attempt += 1
+                # Escalate while nothing gets through; a partly accepted request shows the
+                # stream is taking records, so the next try waits only the first step.
+                lane.attempt = 1 if out.delivered and not out.slow else lane.attempt + 1
                 cap = min(cfg.retry_max_ms, cfg.retry_base_ms * (2 ** min(lane.attempt, 30)))
                 delay = random.uniform(0, cap) / 1000.0
                 if out.slow:  # an operator must act; do not hammer the endpoint
@@ -520,9 +542,7 @@ class KinesisSink(Sink):
         stream = f"Kinesis stream {cfg.stream_name!r} in {cfg.region}"
         where = f" at {self._endpoint}" if cfg.endpoint_url or self._endpoint else ""
         if isinstance(exc, bx.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            msg = str(err.get("Message", "")).strip()
+            code, msg, status = error_code(exc)
             if code in NOT_FOUND_CODES:
                 return f"{stream} not found{where} ({what}: {code})"
             if code in ACCESS_CODES:
@@ -536,7 +556,6 @@ class KinesisSink(Sink):
                     f"AWS rejected the credentials for {stream} ({what}: {code}); check "
                     "access_key_id/secret_access_key, the profile, or the AWS_* environment"
                 )
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             return f"{what} on {stream} failed: {code or 'HTTP ' + str(status)}" + (
                 f": {msg}" if msg else ""
             )

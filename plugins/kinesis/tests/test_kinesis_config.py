@@ -1,0 +1,192 @@
+"""Config validation (exit code 2, one readable line) and start-up checks against the
+endpoint (stream not found, bad credentials, access denied, endpoint unreachable)."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kinesis_helpers import config, run_cli
+from spark_sinks_kinesis import KinesisConfig
+
+from spark_sinks import ConfigError
+from spark_sinks.config import load_config
+from spark_sinks.plugins import load_registry
+from tests.support.moto_server import free_port
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def _config_with(tmp_path: Path, **sink) -> Path:
+    path = config(tmp_path / "c.yaml", "s", "http://127.0.0.1:9")
+    raw = yaml.safe_load(path.read_text())
+    block = raw["sinks"]["cloud"]
+    for k, v in sink.items():
+        if v is None:
+            block.pop(k, None)
+        else:
+            block[k] = v
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _one_line_error(proc) -> str:  # type: ignore[no-untyped-def]
+    err = proc.stderr.decode()
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("region", "message"),
+    [
+        ("mars-north-1", "sinks.cloud.region: 'mars-north-1' is not an AWS region"),
+        ("", "sinks.cloud.region: must not be empty"),
+        ("   ", "sinks.cloud.region: must not be empty"),
+        (None, "sinks.cloud.region: required key is missing"),
+    ],
+)
+def test_a_bad_empty_or_missing_region_refuses_to_start_with_exit_2(tmp_path, region, message):
+    cfg = _config_with(tmp_path, region=region)  # None removes the key
+    proc = run_cli("run", "-c", str(cfg), input=b"")
+    assert proc.returncode == 2
+    assert message in _one_line_error(proc)
+
+
+def test_a_missing_or_invalid_stream_name_refuses_to_start_with_exit_2(tmp_path):
+    proc = run_cli("check", "-c", str(_config_with(tmp_path, stream_name=None)))
+    assert proc.returncode == 2
+    assert "sinks.cloud.stream_name: required key is missing" in _one_line_error(proc)
+    proc = run_cli("check", "-c", str(_config_with(tmp_path, stream_name="no spaces!")))
+    assert proc.returncode == 2
+    assert "sinks.cloud.stream_name: 'no spaces!' is not a valid Kinesis stream name" in (
+        _one_line_error(proc)
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [
+        ("us-east-1", "us-east-1"),
+        ("US East (N. Virginia)", "us-east-1"),
+        ("eu (ireland)", "eu-west-1"),
+        ("South America (São Paulo)", "sa-east-1"),
+        ("Asia Pacific (Osaka-Local)", "ap-northeast-3"),
+        ("China (Beijing)", "cn-north-1"),
+        ("us-gov-west-1", "us-gov-west-1"),
+        (" EU-CENTRAL-1 ", "eu-central-1"),
+    ],
+)
+def test_region_codes_and_the_original_ui_names_are_accepted(given, code):
+    cfg = KinesisConfig(type="kinesis", stream_name="s", region=given)
+    assert cfg.region == code
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"access_key_id": "AKIAX"}, "access_key_id and secret_access_key must be given together"),
+        ({"secret_access_key": SECRET}, "must be given together"),
+        ({"session_token": "tok-123456"}, "session_token needs access_key_id"),
+        (
+            {"profile": "p", "access_key_id": "AKIAX", "secret_access_key": SECRET},
+            "either profile or access_key_id",
+        ),
+        ({"max_batch_records": 501}, "max_batch_records: Input should be less than or equal"),
+        ({"max_record_bytes": 11 * 1024 * 1024}, "max_record_bytes"),
+        ({"endpoint_url": "localhost:5000"}, "'localhost:5000' is not an http:// or https:// URL"),
+        ({"linger_ms": -1}, "linger_ms"),
+    ],
+)
+def test_inconsistent_settings_name_the_key_and_never_echo_the_secret(tmp_path, fields, message):
+    cfg = _config_with(tmp_path, **fields)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, load_registry())
+    assert err.value.exit_code == 2
+    assert message in str(err.value)
+    assert "sinks.cloud" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+# -- against the endpoint -------------------------------------------------------------------
+
+
+def test_check_reports_a_missing_stream(tmp_path, moto):
+    proc = run_cli("check", "-c", str(config(tmp_path / "c.yaml", "no-such-stream", moto.url)))
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert "sink cloud: FAILED" in out
+    assert "Kinesis stream 'no-such-stream' in us-east-1 not found" in out
+
+
+def test_run_refuses_to_start_when_the_endpoint_is_unreachable(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    cfg = config(tmp_path / "c.yaml", "s", url, connect_timeout=1)
+    proc = run_cli("run", "-c", str(cfg), input=b"")
+    assert proc.returncode == 1
+    line = _one_line_error(proc)
+    assert f"cannot reach the Kinesis endpoint {url}" in line
+
+
+@contextlib.contextmanager
+def _moto_auth(url: str) -> Iterator[None]:
+    """Make moto check credentials (it accepts anything by default)."""
+
+    def post(value: str) -> None:
+        req = urllib.request.Request(
+            f"{url}/moto-api/reset-auth",
+            data=value.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(req, timeout=10).read()
+
+    post("0")
+    try:
+        yield
+    finally:
+        post("inf")
+
+
+def test_check_reports_bad_credentials_and_access_denied_without_leaking_the_secret(
+    tmp_path, moto, make_stream
+):
+    stream = make_stream(1)
+    iam = moto.client("iam")
+    iam.create_user(UserName="no-rights")
+    key = iam.create_access_key(UserName="no-rights")["AccessKey"]
+    try:
+        with _moto_auth(moto.url):
+            bad = config(
+                tmp_path / "bad.yaml",
+                stream,
+                moto.url,
+                access_key_id="AKIAUNKNOWNKEY000000",
+                secret_access_key=SECRET,
+            )
+            proc = run_cli("check", "-c", str(bad))
+            out = (proc.stdout + proc.stderr).decode()
+            assert proc.returncode == 1
+            assert "AWS rejected the credentials" in out
+            assert SECRET not in out
+
+            denied = config(
+                tmp_path / "denied.yaml",
+                stream,
+                moto.url,
+                access_key_id=key["AccessKeyId"],
+                secret_access_key=key["SecretAccessKey"],
+            )
+            proc = run_cli("check", "-c", str(denied))
+            out = (proc.stdout + proc.stderr).decode()
+            assert proc.returncode == 1
+            assert f"access denied to Kinesis stream {stream!r}" in out
+            assert key["SecretAccessKey"] not in out
+    finally:
+        iam.delete_access_key(UserName="no-rights", AccessKeyId=key["AccessKeyId"])
+        iam.delete_user(UserName="no-rights")
