@@ -28,7 +28,7 @@ def build(output: Path, python_version: str, platform: str) -> Path:
     staging = output.parent / "package"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -50,8 +50,12 @@ def build(output: Path, python_version: str, platform: str) -> Path:
             "-r",
             str(HERE / "requirements.txt"),
         ],
-        check=True,
+        capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"pip could not install requirements.txt for {platform}")
     for src in sorted((HERE / PACKAGE).glob("*.py")):
         if src.name not in EXCLUDE_FROM_PACKAGE:
             (staging / PACKAGE).mkdir(exist_ok=True)
