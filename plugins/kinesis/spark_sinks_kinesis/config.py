@@ -102,10 +102,10 @@ class KinesisConfig(SinkConfig):
     default; raise it only for a stream whose maximum record size was raised."""
     max_buffered_bytes: int = Field(64 * MiB, ge=MiB)
     """Bound on records held (queued or being sent); ``write`` blocks beyond it."""
-    max_in_flight: int = Field(1, ge=1, le=64)
-    """Concurrent PutRecords requests ("lanes"). A partition key always uses the same lane,
-    so the records of one machine still leave one request after the other. Keep 1 against
-    moto: its PutRecords is not safe for concurrent writes to one shard and loses records."""
+    max_in_flight: int = Field(4, ge=1, le=64)
+    """Concurrent PutRecords requests ("lanes"). Each shard (learnt with ListShards at
+    start) is written by one lane only, and a partition key always uses the same lane, so
+    the records of one machine still leave one request after the other."""
 
     connect_timeout: float = Field(5.0, gt=0, le=300)
     read_timeout: float = Field(15.0, gt=0, le=300)

@@ -21,6 +21,8 @@ Data flow::
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import logging
 import random
 import re
@@ -153,6 +155,7 @@ class KinesisSink(Sink):
         self._flushing = 0
         self._abort = False
         self._keys: dict[tuple[str, str | None], tuple[str, int, _Lane]] = {}
+        self._shard_starts: list[int] | None = None
         self._client: Any = None
         self._control: Any = None
         self._endpoint = config.endpoint_url
@@ -228,6 +231,8 @@ class KinesisSink(Sink):
             )
         shards = summary.get("OpenShardCount")
         text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
+        if len(self._lanes) > 1:
+            self._load_shard_map()
         if not cfg.connection_test:
             return text
         host = self.context.host
@@ -342,10 +347,44 @@ class KinesisSink(Sink):
 
     # -- sending ------------------------------------------------------------------------
 
+    def _load_shard_map(self) -> None:
+        """Learn the open shards' hash ranges so that each shard is written by one lane
+        only (concurrent requests then never touch the same shard)."""
+        starts: list[int] = []
+        try:
+            kwargs: dict[str, Any] = {"StreamName": self.config.stream_name}
+            while True:
+                resp = self._control.list_shards(**kwargs)
+                for shard in resp.get("Shards", []):
+                    if "EndingSequenceNumber" not in shard.get("SequenceNumberRange", {}):
+                        starts.append(int(shard["HashKeyRange"]["StartingHashKey"]))
+                token = resp.get("NextToken")
+                if not token:
+                    break
+                kwargs = {"NextToken": token}
+        except Exception as exc:
+            self.log.warning(
+                "cannot list the shards (%s); lanes are chosen by partition key instead",
+                self._explain(exc, "ListShards"),
+            )
+            return
+        self._shard_starts = sorted(starts) or None
+
     def _key(self, host: str, machine: str | None) -> tuple[str, int, _Lane]:
         key = partition_key(host, machine)
         raw = key.encode("utf-8")
-        lane = self._lanes[zlib.crc32(raw) % len(self._lanes)]
+        starts = self._shard_starts
+        if starts:
+            # Kinesis maps the MD5 of the key onto the shards' hash ranges
+            shard = (
+                bisect.bisect_right(
+                    starts, int.from_bytes(hashlib.md5(raw, usedforsecurity=False).digest(), "big")
+                )
+                - 1
+            )
+            lane = self._lanes[max(shard, 0) % len(self._lanes)]
+        else:
+            lane = self._lanes[zlib.crc32(raw) % len(self._lanes)]
         k = (key, len(raw), lane)
         self._keys[(host, machine)] = k
         return k
