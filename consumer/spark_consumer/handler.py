@@ -59,6 +59,8 @@ class Consumer:
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         self.counts = Counts()
+        if not event.get("Records"):  # Powertools refuses an empty batch; nothing to do
+            return {"batchItemFailures": []}
         response = process_partial_response(
             event=event,
             record_handler=self.process_record,

@@ -179,6 +179,10 @@ def test_connection_test_is_acknowledged_and_stored_nowhere(tables):
     assert scan("SparkData") == [] and scan("SparkMetadata") == []
 
 
+def test_an_empty_batch_is_answered_without_failures(tables):
+    assert lambda_handler({"Records": []}, None) == {"batchItemFailures": []}
+
+
 def test_the_same_batch_delivered_twice_leaves_the_tables_as_if_once(tables, produced):
     event = kinesis_event(produced.envelopes)
     lambda_handler(event, None)
