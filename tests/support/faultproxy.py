@@ -29,14 +29,19 @@ Faults (each a share between 0 and 1, drawn per request or per entry):
 
 Faults apply to the operations in ``targets`` (default ``{"PutRecords"}``), so a sink's
 start-up check and the tests' own reads are not disturbed; pass ``targets=None`` to hit
-every request. ``refuse_connections(True)`` closes the listening socket (connections are
-refused, like an endpoint that is down) and ``refuse_connections(False)`` listens again
-on the same port; use it for outage tests. ``counters()`` tells how many faults of each
-kind were injected. Everything is thread-safe and may be changed while traffic flows.
+every request.
+
+``refuse_connections(True)`` stops listening and cuts the open connections: new ones
+are refused, like an endpoint that is down. ``refuse_connections(False)`` listens again
+on the same port. Use it for outage tests.
+
+``counters()`` tells how many requests were seen and how many faults of each kind were
+injected. Everything is thread-safe and may be changed while traffic flows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
@@ -70,6 +75,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.proxy._opened(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.proxy._closed(self.connection)
+
     def do_GET(self) -> None:
         self.server.proxy._handle(self, "GET")
 
@@ -96,6 +111,7 @@ class FaultProxy:
         self._faults: dict[str, float] = {}
         self._targets: frozenset[str] | None = frozenset({"PutRecords"})
         self._server: _Server | None = None
+        self._conns: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
         self.port = port
         self.set_faults()
@@ -117,10 +133,16 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection (clients see a reset)."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -187,6 +209,14 @@ class FaultProxy:
             self._counters.clear()
 
     # -- the proxy ----------------------------------------------------------------------
+
+    def _opened(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.add(conn)
+
+    def _closed(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(conn)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:

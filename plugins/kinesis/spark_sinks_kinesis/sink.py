@@ -189,24 +189,21 @@ class KinesisSink(Sink):
         except botocore.exceptions.BotoCoreError as exc:
             raise SinkError(f"cannot set up AWS credentials: {exc}") from None
 
-        def client(attempts: int) -> Any:
-            conf = botocore.config.Config(
-                region_name=cfg.region,
-                retries={"mode": "standard", "total_max_attempts": attempts},
-                connect_timeout=cfg.connect_timeout,
-                read_timeout=cfg.read_timeout,
-                max_pool_connections=cfg.max_in_flight + 2,
-                parameter_validation=attempts > 1,
-                tcp_keepalive=True,
-            )
-            return session.client("kinesis", endpoint_url=cfg.endpoint_url, config=conf)
-
+        conf = botocore.config.Config(
+            region_name=cfg.region,
+            # The sender owns retrying ("until shutdown"): botocore makes one attempt.
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            max_pool_connections=cfg.max_in_flight + 2,
+            parameter_validation=False,  # entries are built here, always well-formed
+            tcp_keepalive=True,
+        )
         try:
-            # The sender owns retrying ("until shutdown"), so botocore makes one attempt.
-            self._client = client(1)
-            self._control = client(2)
+            self._client = session.client("kinesis", endpoint_url=cfg.endpoint_url, config=conf)
         except botocore.exceptions.BotoCoreError as exc:
             raise SinkError(f"cannot create the Kinesis client: {exc}") from None
+        self._control = self._client
         self._endpoint = self._client.meta.endpoint_url
         for lane in self._lanes:
             lane.thread = threading.Thread(
@@ -511,10 +508,13 @@ class KinesisSink(Sink):
 
     def _settle(self, lane: _Lane, out: _Outcome) -> None:
         """Report outcomes, then release the space (so a flush never returns early)."""
-        if out.delivered:
-            self.context.delivered(out.delivered)
-        for env, reason in out.dead:
-            self.context.dead_letter(env, reason)
+        try:
+            if out.delivered:
+                self.context.delivered(out.delivered)
+            for env, reason in out.dead:
+                self.context.dead_letter(env, reason)
+        except Exception:  # a failing hook (e.g. the spool) must not stop this lane
+            log.exception("reporting delivered or dead-lettered records failed")
         if out.requeue:
             self.stats.add("retried", len(out.requeue))
         done = len(out.delivered) + len(out.dead)
