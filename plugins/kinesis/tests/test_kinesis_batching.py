@@ -1,0 +1,115 @@
+"""Batching: PutRecords closed by count, bytes or linger; only failed entries retried."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from kinesis_helpers import read_stream
+from spark_sinks_kinesis import KinesisConfig, KinesisSink
+
+from spark_sinks import Envelope, SinkContext
+
+
+def _sink(endpoint: str, stream: str, **kw) -> KinesisSink:
+    settings = {
+        "linger_ms": 10,
+        "retry_base_ms": 10,
+        "retry_max_ms": 100,
+        "connection_test": False,
+        "max_in_flight": 1,
+        **kw,
+    }
+    cfg = KinesisConfig(
+        type="kinesis",
+        stream_name=stream,
+        region="us-east-1",
+        endpoint_url=endpoint,
+        access_key_id="testing",
+        secret_access_key="testing",
+        **settings,
+    )
+    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
+    sink.open()
+    sink.check()
+    return sink
+
+
+def _envelopes(n: int, machines: int = 5) -> list[Envelope]:
+    return [
+        Envelope("record", "gw", {"machine": f"m{i % machines}", "time": i}, f"m{i % machines}")
+        for i in range(n)
+    ]
+
+
+def test_batches_close_when_full_by_count(moto, proxy, make_stream):
+    stream = make_stream(1)
+    sink = _sink(proxy.url, stream, max_batch_records=100, linger_ms=5_000)
+    envs = _envelopes(1_000)
+    sink.write(envs)
+    deadline = time.monotonic() + 10
+    while sink.stats.delivered < 1_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # full batches left without waiting for linger_ms (5 s) or a flush
+    assert sink.stats.delivered == 1_000
+    assert proxy.counters()["put_records"] == 10
+    sink.flush(5)
+    sink.close()
+
+
+def test_batches_close_when_full_by_bytes(moto, proxy, make_stream):
+    stream = make_stream(1)
+    envs = _envelopes(1_000)
+    size = sum(len(e.to_json()) + len(f"gw/{e.machine}") for e in envs)
+    sink = _sink(proxy.url, stream, max_batch_bytes=8_192)
+    sink.write(envs)
+    sink.flush(10)
+    sink.close()
+    assert sink.stats.delivered == 1_000
+    requests = proxy.counters()["put_records"]
+    assert math.ceil(size / 8_192) <= requests <= math.ceil(size / 8_192) + 2
+
+
+def test_a_partial_batch_leaves_after_linger_ms_without_a_flush(moto, kinesis, proxy, make_stream):
+    stream = make_stream(1)
+    sink = _sink(proxy.url, stream, linger_ms=400)
+    sink.write(_envelopes(3))
+    time.sleep(0.15)
+    assert sink.stats.delivered == 0  # still lingering for more records
+    deadline = time.monotonic() + 3
+    while sink.stats.delivered < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.stats.delivered == 3
+    assert proxy.counters()["put_records"] == 1
+    sink.close()
+    assert len(read_stream(kinesis, stream)) == 3
+
+
+def test_only_the_throttled_entries_are_retried_so_partial_failures_never_duplicate(
+    moto, kinesis, proxy, make_stream
+):
+    stream = make_stream(2)
+    proxy.set_faults(partial=0.3)
+    sink = _sink(proxy.url, stream, max_batch_records=200)
+    envs = _envelopes(3_000)
+    for i in range(0, len(envs), 500):
+        sink.write(envs[i : i + 500])
+    sink.flush(30)
+    sink.close()
+    c = proxy.counters()
+    assert sink.stats.delivered == 3_000
+    assert c["entries_throttled"] > 500
+    assert sink.stats.retried == c["entries_throttled"]  # nothing else was resent
+    read = read_stream(kinesis, stream)
+    assert sorted(r["envelope"]["data"]["time"] for r in read) == list(range(3_000))
+
+
+def test_a_flush_sends_a_partial_batch_at_once(moto, proxy, make_stream):
+    stream = make_stream(1)
+    sink = _sink(proxy.url, stream, linger_ms=10_000)
+    sink.write(_envelopes(7))
+    t0 = time.monotonic()
+    sink.flush(5)
+    assert time.monotonic() - t0 < 1.0
+    assert sink.stats.delivered == 7
+    sink.close()
