@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretStr
 from . import __version__, logs
 from .config import Config, load_config
 from .errors import SparkSinksError
-from .plugins import Registry, load_registry
+from .plugins import LOAD_ENV, Registry, load_registry
 from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
 
 log = logging.getLogger("spark_sinks")
@@ -181,7 +181,18 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  source types: {', '.join(r['source_types'])}")
         click.echo(f"  hooks:        {', '.join(r['hooks'])}")
     for name, why in registry.broken.items():
-        click.echo(f"{name} (BROKEN): {why}")
+        click.echo(
+            f"{name} ({registry.distribution(name) or 'unknown distribution'}): BROKEN: {why}"
+        )
+    if registry.broken:
+        loaded = ",".join(
+            r["name"] for r in rows if r["distribution"] and r["name"] not in registry.broken
+        )
+        click.echo(
+            f"To start without a broken plugin, list the plugins to load: "
+            f"{LOAD_ENV}={loaded or '<names>'}",
+            err=True,
+        )
 
 
 def main() -> None:

@@ -59,6 +59,11 @@ class Registry:
     def sink_type(self, name: str) -> Provided | None:
         return self.sink_types.get(name)
 
+    def distribution(self, plugin: str) -> str | None:
+        """``"name version"`` of the distribution that installed this plugin, if any."""
+        dist = _DISTS.get(plugin)
+        return f"{dist[0]} {dist[1]}" if dist else None
+
 
 def _wanted() -> set[str] | None:
     raw = os.environ.get(LOAD_ENV)
@@ -90,12 +95,12 @@ def plugin_manager(registry: Registry) -> pluggy.PluginManager:
             continue
         if pm.has_plugin(ep.name):
             continue
+        if ep.dist is not None:
+            _DISTS[ep.name] = (ep.dist.name, ep.dist.version)
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-            if ep.dist is not None:
-                _DISTS[ep.name] = (ep.dist.name, ep.dist.version)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: a plugin calling sys.exit()
             registry.broken[ep.name] = _describe(exc)
             log.error(
                 "plugin %r (%s) failed to load: %s; set %s to skip it",
@@ -105,7 +110,31 @@ def plugin_manager(registry: Registry) -> pluggy.PluginManager:
                 LOAD_ENV,
             )
             continue
+    _unknown_hooks(pm, registry)
     return pm
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, registry: Registry) -> None:
+    """A misspelt or undecorated hook would otherwise silently never be called."""
+    for plugin in pm.get_plugins():
+        implemented = {c.name for c in pm.get_hookcallers(plugin) or []}
+        for attr in dir(plugin):
+            if attr.startswith("spark_sinks_") and attr not in implemented:
+                name = pm.get_name(plugin) or repr(plugin)
+                why = f"defines {attr} without @hookimpl, so it is never called"
+                registry.broken.setdefault(name, why)
+                log.error("plugin %r %s", name, why)
+    for name, caller in vars(pm.hook).items():
+        if name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
+            why = f"implements unknown hook {name} (known: {', '.join(_HOOKS)})"
+            registry.broken.setdefault(plugin, why)
+            log.error("plugin %r %s", plugin, why)
+
+
+_HOOKS = sorted(n for n in vars(hookspecs) if n.startswith("spark_sinks_"))
 
 
 def _info(pm: pluggy.PluginManager, plugin: object) -> PluginInfo:
@@ -151,5 +180,12 @@ def load_registry() -> Registry:
                 impl.function(register=_registrar(target, kind, info))
             except Exception as exc:
                 registry.broken[info.name] = f"{hook_name} raised {_describe(exc)}"
-                log.error("plugin %r raised in %s: %s", info.name, hook_name, _describe(exc))
+                log.error(
+                    "plugin %r (%s) raised in %s: %s; set %s to skip it",
+                    info.name,
+                    info.distribution or "built in",
+                    hook_name,
+                    _describe(exc),
+                    LOAD_ENV,
+                )
     return registry

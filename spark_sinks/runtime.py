@@ -16,6 +16,7 @@ from .dispatch import ActiveSink, Dispatcher
 from .errors import SinkError
 from .pipeline import Pipeline, Rejects
 from .sink import SinkContext
+from .spool import Spool, SpooledSink
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def start_sink(spec: SinkSpec, host: str, check: bool = True) -> ActiveSink:
         sink = cls(spec.config, ctx)
     except Exception as exc:
         raise SinkError(f"{label} failed to initialise: {type(exc).__name__}: {exc}") from exc
+    if spec.config.spool is not None:
+        sink = SpooledSink(sink, Spool(spec.config.spool.path, spec.name, spec.config.spool))
     active = ActiveSink(spec.name, sink, spec.provided.plugin, spec.config.flush_timeout)
     active.call("open", sink.open)
     if check:

@@ -16,12 +16,25 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from .envelope import Envelope
+
+
+class SpoolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    """Directory for the spool file (created if missing)."""
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Bound on spooled envelope bytes (default 256 MiB)."""
+    on_full: Literal["block", "drop_oldest"] = "block"
+    """``block`` the source (default) or drop the oldest not-yet-sent envelopes, counted."""
+    sync: Literal["full", "normal"] = "full"
+    """``full`` survives power loss; ``normal`` only a process crash, but writes faster."""
 
 
 class SinkConfig(BaseModel):
@@ -35,6 +48,8 @@ class SinkConfig(BaseModel):
     """JSON-lines file for envelopes this sink can never deliver (with the reason)."""
     flush_timeout: float = Field(30.0, gt=0)
     """Seconds a flush (e.g. at shutdown) may take before what is left is reported."""
+    spool: SpoolConfig | None = None
+    """Keep envelopes on disk until delivered (see ``spool.py``); off by default."""
 
 
 class SinkStats:
@@ -107,8 +122,8 @@ class SinkContext:
         """Set when waiting must end now (a second SIGINT/SIGTERM): retry loops give up and
         flush returns, leaving what is undelivered to be reported."""
         self._dl_lock = threading.Lock()
-        self.on_delivered: Callable[[Sequence[Envelope]], None] | None = None
-        """Set by the core (e.g. a spool) to learn which envelopes were delivered."""
+        self.on_settled: Callable[[Sequence[Envelope]], None] | None = None
+        """Set by the core (the spool) to learn which envelopes are delivered or set aside."""
 
     def delivered(self, envelopes: Sequence[Envelope]) -> None:
         """A buffered sink calls this once the destination has accepted these envelopes.
@@ -117,7 +132,7 @@ class SinkContext:
         release durable copies (the spool), not just to count.
         """
         self.stats.add("delivered", len(envelopes))
-        hook = self.on_delivered
+        hook = self.on_settled
         if hook is not None:
             hook(envelopes)
 
@@ -132,13 +147,19 @@ class SinkContext:
         self.log.error(
             "dead-lettered a %s envelope of %s: %s", envelope.type, envelope.machine, reason
         )
-        if self.dead_letter_path is None:
-            return
-        line = orjson.dumps(
-            {"sink": self.name, "reason": reason, "envelope": orjson.Fragment(envelope.to_json())}
-        )
-        with self._dl_lock, open(self.dead_letter_path, "ab") as fh:
-            fh.write(line + b"\n")
+        if self.dead_letter_path is not None:
+            line = orjson.dumps(
+                {
+                    "sink": self.name,
+                    "reason": reason,
+                    "envelope": orjson.Fragment(envelope.to_json()),
+                }
+            )
+            with self._dl_lock, open(self.dead_letter_path, "ab") as fh:
+                fh.write(line + b"\n")
+        hook = self.on_settled
+        if hook is not None:
+            hook([envelope])
 
 
 class Sink:

@@ -1,0 +1,163 @@
+"""The durable spool with real SQLite files and threads, around small in-test sinks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from spark_sinks.envelope import Envelope
+from spark_sinks.sink import Sink, SinkConfig, SinkContext, SpoolConfig
+from spark_sinks.spool import Spool, SpooledSink
+
+
+def envs(n: int, start: int = 0, machine: str = "m") -> list[Envelope]:
+    return [
+        Envelope("record", "gw", {"machine": machine, "seq": i}, machine)
+        for i in range(start, start + n)
+    ]
+
+
+class ListSink(Sink):
+    """Unbuffered: a returning write is a delivery."""
+
+    type_name = "list"
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.got: list[int] = []
+        self.fail_next = 0
+
+    def write(self, envelopes):
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("destination down")
+        self.got.extend(e.data["seq"] for e in envelopes)
+
+
+class AckLaterSink(Sink):
+    """Buffered: holds envelopes until told to acknowledge them (an outage, then recovery)."""
+
+    type_name = "acklater"
+    buffered = True
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.held: list[Envelope] = []
+        self.lock = threading.Lock()
+
+    def write(self, envelopes):
+        with self.lock:
+            self.held.extend(envelopes)
+
+    def ack_all(self) -> list[int]:
+        with self.lock:
+            held, self.held = self.held, []
+        self.context.delivered(held)
+        return [e.data["seq"] for e in held]
+
+
+def spooled(cls, tmp_path, **spool_kw):
+    cfg = SpoolConfig(path=tmp_path, **spool_kw)
+    inner = cls(SinkConfig(type=cls.type_name), SinkContext("s1", "gw"))
+    sink = SpooledSink(inner, Spool(tmp_path, "s1", cfg))
+    sink.open()
+    sink.check()
+    return sink, inner
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_delivered_envelopes_leave_the_spool(tmp_path):
+    sink, inner = spooled(ListSink, tmp_path)
+    sink.write(envs(1200))
+    sink.flush(10)
+    assert inner.got == list(range(1200))
+    wait_for(lambda: sink.spool.count() == 0)
+    assert sink.spool.bytes == 0
+    assert sink.stats.delivered == 1200
+    sink.close()
+
+
+def test_undelivered_envelopes_are_replayed_in_order_on_the_next_start(tmp_path):
+    sink, inner = spooled(AckLaterSink, tmp_path)
+    sink.write(envs(300))
+    wait_for(lambda: len(inner.held) == 300)
+    # acknowledge only the first 100, then "crash" (close without delivering the rest)
+    first = inner.held[:100]
+    inner.held = inner.held[100:]
+    inner.context.delivered(first)
+    sink.close()
+
+    again, inner2 = spooled(AckLaterSink, tmp_path)
+    assert again.stats.accepted == 200  # counted as accepted by this run
+    again.write(envs(5, start=300))
+    wait_for(lambda: len(inner2.held) == 205)
+    assert inner2.ack_all() == list(range(100, 305))
+    wait_for(lambda: again.spool.count() == 0)
+    again.close()
+
+
+def test_a_failing_sink_is_retried_from_the_spool_without_loss(tmp_path):
+    sink, inner = spooled(ListSink, tmp_path)
+    inner.fail_next = 2
+    sink.write(envs(50))
+    sink.flush(20)
+    assert inner.got == list(range(50))
+    assert sink.stats.retried >= 2 * 50
+    assert sink.stats.failed == 0
+    sink.close()
+
+
+def test_full_spool_blocks_the_source_until_space_is_freed(tmp_path):
+    sink, inner = spooled(AckLaterSink, tmp_path, max_bytes=20_000)
+    sink.write(envs(300))
+    assert 20_000 - 3_000 < sink.spool.bytes < 20_000  # 50 more (about 3.3 kB) do not fit
+    done = threading.Event()
+
+    def writer():
+        sink.write(envs(50, start=10_000))
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    assert not done.wait(1.0), "write should block while the spool is full"
+    wait_for(lambda: inner.held)
+    inner.ack_all()
+    assert done.wait(10), "write should resume once the sink acknowledged"
+    assert sink.stats.dropped == 0
+    sink.close()
+
+
+def test_full_spool_drops_oldest_unsent_when_configured_and_counts_them(tmp_path, caplog):
+    sink, inner = spooled(AckLaterSink, tmp_path, max_bytes=20_000, on_full="drop_oldest")
+    inner_lock = inner.lock
+    inner_lock.acquire()  # the sink takes nothing more: everything new stays unsent
+    try:
+        for i in range(20):
+            sink.write(envs(50, start=i * 50))
+    finally:
+        inner_lock.release()
+    assert sink.stats.dropped > 0
+    assert "DROPPED" in caplog.text
+    sink.flush(5)
+    held = inner.ack_all()
+    wait_for(lambda: sink.spool.count() == 0)
+    # nothing dropped was delivered, nothing delivered was dropped, and the newest survived
+    assert sink.stats.dropped + len(held) == 1000
+    assert held[-1] == 999
+    sink.close()
+
+
+def test_corrupt_spool_file_is_set_aside_and_a_fresh_one_works(tmp_path, caplog):
+    (tmp_path / "s1.spool.sqlite3").write_bytes(b"this is not a database" * 100)
+    sink, inner = spooled(ListSink, tmp_path)
+    assert "is unreadable" in caplog.text
+    assert list(tmp_path.glob("s1.spool.sqlite3.corrupt-*"))
+    sink.write(envs(3))
+    sink.flush(5)
+    assert inner.got == [0, 1, 2]
+    sink.close()
