@@ -20,7 +20,8 @@ from pydantic import BaseModel, SecretStr
 
 from . import __version__, logs
 from .config import Config, load_config
-from .errors import SparkSinksError
+from .errors import ConfigError, SparkSinksError
+from .metrics import verdict
 from .plugins import LOAD_ENV, Registry, load_registry
 from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
 
@@ -74,8 +75,8 @@ def cli(log_level: str, log_format: str) -> None:
 @CONFIG_OPTION
 def run(config_path: Path) -> None:
     """Run until the source ends or SIGINT/SIGTERM arrives, then flush and close every sink."""
-    config, _ = _load(config_path)
-    runtime = Runtime(config)
+    config, registry = _load(config_path)
+    runtime = Runtime(config, registry)
     signals = 0
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -92,6 +93,7 @@ def run(config_path: Path) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGHUP, lambda *_: runtime.reload_requested.set())
     runtime.start()
     report = runtime.run()
     _summarise(report)
@@ -146,6 +148,32 @@ def check(config_path: Path) -> None:
         stop_sink(active)
         click.echo(f"sink {spec.name}: ok")
     sys.exit(1 if failed else 0)
+
+
+@cli.command()
+@CONFIG_OPTION
+def status(config_path: Path) -> None:
+    """Is data flowing? Reads the status file of a running `spark-sinks run`."""
+    config, _ = _load(config_path)
+    path = config.operations.status_file
+    if path is None:
+        raise ConfigError(
+            f"{config_path}: operations.status_file is not set, so there is no status"
+        )
+    try:
+        snap = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise SparkSinksError(f"{path}: no status yet; is spark-sinks running?") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise SparkSinksError(f"{path}: unreadable status file: {exc}") from None
+    ok, lines = verdict(snap)
+    click.echo(
+        f"{'OK' if ok else 'PROBLEM'}: pid {snap['pid']}, input {snap['input']['items']} "
+        f"items, {snap['input']['rejected']} rejected"
+    )
+    for line in lines:
+        click.echo(f"  {line}")
+    sys.exit(0 if ok else 1)
 
 
 @cli.command()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
+from .metrics import OperationsConfig
 from .plugins import Provided, Registry
 from .sink import SinkConfig
 from .sources import SourceConfig
@@ -62,6 +63,7 @@ class AppConfig(_Strict):
     """What to do with a record whose variable repeats before it is complete."""
     source: dict[str, Any] = Field(default_factory=lambda: {"type": "ndjson", "path": "-"})
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    operations: OperationsConfig = Field(default_factory=OperationsConfig)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Config:
     source: SourceConfig
     source_type: Provided
     sinks: dict[str, SinkSpec]
+    operations: OperationsConfig
 
 
 # -- environment substitution ------------------------------------------------------------
@@ -240,6 +243,7 @@ def parse_config(raw: Any, path: Path, registry: Registry) -> Config:
         source=source,
         source_type=source_type,
         sinks=sinks,
+        operations=app.operations,
     )
 
 

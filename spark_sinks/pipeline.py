@@ -7,6 +7,7 @@ when the source says it is about to wait (``flush``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ class Pipeline:
         self.items = 0
         self.envelopes = 0
         self._pending: list[Envelope] = []
+        self.between_batches: Callable[[], None] | None = None
+        """Called after each dispatch, at a point where no item is half-processed
+        (the runtime applies a requested reload there)."""
 
     # Feed protocol -----------------------------------------------------------------------
 
@@ -89,6 +93,8 @@ class Pipeline:
         if self._pending:
             batch, self._pending = self._pending, []
             self.dispatcher.dispatch(batch)
+        if self.between_batches is not None:
+            self.between_batches()
 
     # ---------------------------------------------------------------------------------------
 

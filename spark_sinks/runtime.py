@@ -7,15 +7,19 @@ each sink is flushed (bounded by its ``flush_timeout``) and only then closed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from .assembly import Assembler
-from .config import Config, SinkSpec
+from .config import Config, SinkSpec, load_config
 from .dispatch import ActiveSink, Dispatcher
-from .errors import SinkError
+from .errors import ConfigError, SinkError
+from .metrics import Reporter
 from .pipeline import Pipeline, Rejects
-from .sink import SinkContext
+from .plugins import Registry, load_registry
+from .sink import SinkContext, SinkStats
 from .spool import Spool, SpooledSink
 
 log = logging.getLogger(__name__)
@@ -82,14 +86,18 @@ class Report:
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, registry: Registry | None = None) -> None:
         self.config = config
+        self.registry = registry
         self.stop = threading.Event()
+        self.reload_requested = threading.Event()
         self.dispatcher = Dispatcher()
         self.assembler = Assembler(config.machines, config.host, config.on_incomplete)
         self.rejects = Rejects(config.source.dead_letter)
         self.pipeline = Pipeline(self.assembler, self.dispatcher, self.rejects)
-        self._finished: dict[str, dict[str, object]] = {}
+        self.pipeline.between_batches = self._between_batches
+        self.reporter = Reporter(config.operations, self.snapshot)
+        self._finished: dict[str, dict[str, Any]] = {}
 
     def start(self) -> None:
         started: list[ActiveSink] = []
@@ -105,6 +113,25 @@ class Runtime:
             self.dispatcher.add(active)
         if not started:
             log.warning("no sink is enabled: records are assembled and discarded")
+        self.reporter.start()
+        if self.config.operations.watch_config:
+            threading.Thread(target=self._watch, name="config-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        def stamp() -> tuple[float, int] | None:
+            try:
+                st = self.config.path.stat()
+            except OSError:
+                return None
+            return (st.st_mtime, st.st_size)
+
+        last = stamp()
+        while not self.stop.wait(1.0):
+            now = stamp()
+            if now != last and now is not None:
+                last = now
+                log.info("config file changed: reloading")
+                self.reload_requested.set()
 
     def run(self) -> Report:
         """Run until the source ends or ``stop`` is set, then shut down."""
@@ -124,10 +151,42 @@ class Runtime:
 
     def shutdown(self) -> None:
         for a in self.dispatcher.sinks:
-            stop_sink(a)
-            self.dispatcher.remove(a.name)
-            self._finished[a.name] = a.stats.snapshot()
+            self._retire(a)
         self.rejects.close()
+        self.reporter.stop()
+        if self.config.operations.stats_interval > 0 or self.config.operations.status_file:
+            self.reporter.report(final=True)
+
+    def _retire(self, a: ActiveSink) -> None:
+        """Flush and close a sink, keeping its final counters for the report."""
+        stop_sink(a)
+        self.dispatcher.remove(a.name)
+        snap = a.stats.snapshot()
+        prev = self._finished.get(a.name)
+        if prev is not None:  # the same name ran before a reload: add the runs up
+            for k in (*SinkStats.FIELDS, "pending"):
+                snap[k] += prev[k]
+        self._finished[a.name] = snap
+
+    # -- status ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        sinks = {k: dict(v) for k, v in self._finished.items()}
+        for a in self.dispatcher.sinks:
+            snap = a.stats.snapshot()
+            spool = getattr(a.sink, "spool", None)
+            snap["spool_depth"] = spool.count() if spool is not None else None
+            sinks[a.name] = snap
+        return {
+            "pid": os.getpid(),
+            "input": {
+                "items": self.pipeline.items,
+                "envelopes": self.pipeline.envelopes,
+                "rejected": self.rejects.count,
+                "incomplete_dropped": self.assembler.incomplete_dropped,
+            },
+            "sinks": sinks,
+        }
 
     def report(self) -> Report:
         return Report(
@@ -137,3 +196,68 @@ class Runtime:
             incomplete_dropped=self.assembler.incomplete_dropped,
             sinks=dict(self._finished),
         )
+
+    # -- live reconfiguration ----------------------------------------------------------------
+
+    def _between_batches(self) -> None:
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply it; an invalid file changes nothing."""
+        old = self.config
+        try:
+            new = load_config(old.path, self.registry or load_registry())
+        except ConfigError as exc:
+            log.error("reload rejected, the running configuration stays: %s", exc)
+            return False
+        if new.source != old.source:
+            log.warning("the source settings changed: that takes a restart to apply")
+        running = {a.name: a for a in self.dispatcher.sinks}
+        for name, a in running.items():
+            spec = new.sinks.get(name)
+            if spec is None or not spec.config.enabled or _changed(spec, old.sinks[name]):
+                why = (
+                    "removed"
+                    if spec is None
+                    else "disabled"
+                    if not spec.config.enabled
+                    else "changed"
+                )
+                log.info("reload: sink %r %s; flushing and stopping it", name, why)
+                self._retire(a)
+        self.config = new
+        self.assembler.on_incomplete = new.on_incomplete
+        host_changed = new.host != self.assembler.host
+        self.assembler.host = new.host
+        changed = self.assembler.reconfigure(new.machines)
+        if host_changed:
+            changed = self.assembler.all_metadata()
+        # metadata of changed machines to the sinks that kept running ...
+        self.pipeline.emit(changed)
+        # ... and all metadata to the sinks that start now
+        for name, spec in new.sinks.items():
+            if not spec.config.enabled or name in {a.name for a in self.dispatcher.sinks}:
+                continue
+            try:
+                active = start_sink(spec, new.host)
+            except SinkError as exc:
+                log.error("reload: %s", exc)
+                continue
+            log.info("reload: sink %r started", name)
+            meta = self.assembler.all_metadata()
+            single = Dispatcher()
+            single.add(active)
+            single.dispatch(meta)
+            self.dispatcher.add(active)
+        log.info(
+            "reload applied: %d machines, sinks running: %s",
+            len(new.machines),
+            ", ".join(a.name for a in self.dispatcher.sinks) or "none",
+        )
+        return True
+
+
+def _changed(new: SinkSpec, old: SinkSpec | None) -> bool:
+    return old is None or new.config != old.config or new.provided.cls is not old.provided.cls
