@@ -156,8 +156,14 @@ def _recording(cls: type[Sink], journal: _Journal) -> type[Sink]:
     sink's calls to its own methods) and every ``context.delivered``."""
 
     def init(self: Sink, config: SinkConfig, context: Any) -> None:
+        report = context.delivered
+
+        def delivered(envelopes: Sequence[Envelope]) -> None:
+            journal.on_delivered(envelopes)
+            report(envelopes)
+
+        context.delivered = delivered
         cls.__init__(self, config, context)
-        context.on_delivered = journal.on_delivered
 
     def wrap(name: str) -> Callable[..., Any]:
         def method(self: Sink, *args: Any, **kwargs: Any) -> Any:

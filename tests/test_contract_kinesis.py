@@ -1,0 +1,59 @@
+"""The Kinesis sink passes the plugin contract kit (spark_sinks.testing), against moto."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import spark_sinks_kinesis
+from spark_sinks_kinesis import KinesisSink
+
+from spark_sinks.testing import MISSING, Invalid, SinkContract
+
+
+class TestKinesisSinkContract(SinkContract):
+    sink_class = KinesisSink
+    plugin_module = spark_sinks_kinesis
+    preserves_order = False  # two shards: order holds per partition key, not overall
+    invalid_configs = [
+        Invalid({"stream_name": MISSING}, "stream_name", "required key is missing"),
+        Invalid({"stream_name": "bad name!"}, "stream_name", "not a valid Kinesis stream name"),
+        Invalid({"region": "mars-north-1"}, "region", "not an AWS region"),
+        Invalid({"max_batch_records": 501}, "max_batch_records", "less than or equal to 500"),
+    ]
+
+    @pytest.fixture
+    def sink_config(self, moto, aws_env):
+        name = f"contract-{uuid.uuid4().hex[:8]}"
+        client = moto.client("kinesis")
+        client.create_stream(StreamName=name, ShardCount=2)
+        client.get_waiter("stream_exists").wait(StreamName=name)
+        return {
+            "stream_name": name,
+            "region": "us-east-1",
+            "endpoint_url": moto.url,
+            "connection_test": False,
+            "linger_ms": 5,
+        }
+
+    @pytest.fixture
+    def read_back(self, moto, sink_config):
+        client = moto.client("kinesis")
+        stream = sink_config["stream_name"]
+
+        def read():
+            out = []
+            for shard in client.list_shards(StreamName=stream)["Shards"]:
+                it = client.get_shard_iterator(
+                    StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+                while it:
+                    page = client.get_records(ShardIterator=it, Limit=10_000)
+                    out.extend(json.loads(r["Data"]) for r in page["Records"])
+                    if not page["Records"]:
+                        break
+                    it = page.get("NextShardIterator")
+            return out
+
+        return read
