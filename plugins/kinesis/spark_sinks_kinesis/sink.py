@@ -157,7 +157,6 @@ class KinesisSink(Sink):
         self._keys: dict[tuple[str, str | None], tuple[str, int, _Lane]] = {}
         self._shard_starts: list[int] | None = None
         self._client: Any = None
-        self._control: Any = None
         self._endpoint = config.endpoint_url
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -203,7 +202,6 @@ class KinesisSink(Sink):
             self._client = session.client("kinesis", endpoint_url=cfg.endpoint_url, config=conf)
         except botocore.exceptions.BotoCoreError as exc:
             raise SinkError(f"cannot create the Kinesis client: {exc}") from None
-        self._control = self._client
         self._endpoint = self._client.meta.endpoint_url
         for lane in self._lanes:
             lane.thread = threading.Thread(
@@ -215,7 +213,7 @@ class KinesisSink(Sink):
     def check(self) -> str:
         cfg = self.config
         try:
-            summary = self._control.describe_stream_summary(StreamName=cfg.stream_name)[
+            summary = self._client.describe_stream_summary(StreamName=cfg.stream_name)[
                 "StreamDescriptionSummary"
             ]
         except Exception as exc:
@@ -243,15 +241,44 @@ class KinesisSink(Sink):
                 "message": "spark-sinks connection test",
             },
         )
-        try:
-            out = self._control.put_record(
-                StreamName=cfg.stream_name,
-                Data=test.to_json(),
-                PartitionKey=partition_key(host, None),
-            )
-        except Exception as exc:
-            raise SinkError(self._explain(exc, "PutRecord (connection test)")) from None
-        return f"{text}; connection test record written to {out.get('ShardId')}"
+        shard = self._put_connection_test(test)
+        return f"{text}; connection test record written to {shard}"
+
+    def _put_connection_test(self, test: Envelope) -> str:
+        """PutRecords of the one test record: the call, and the permission, used to send.
+        Throttling and transient failures are retried a few times; anything else fails."""
+        from botocore.exceptions import ClientError
+
+        key = partition_key(test.host, None)
+        delay = 0.1
+        for attempt in range(5):
+            try:
+                resp = self._client.put_records(
+                    StreamName=self.config.stream_name,
+                    Records=[{"Data": test.to_json(), "PartitionKey": key}],
+                )
+            except ClientError as exc:
+                code, _, status = error_code(exc)
+                transient = code in THROTTLE_CODES or code == "InternalFailure"
+                if attempt == 4 or not (transient or (status is not None and status >= 500)):
+                    raise SinkError(self._explain(exc, "PutRecords (connection test)")) from None
+            except Exception as exc:
+                if attempt == 4:
+                    raise SinkError(self._explain(exc, "PutRecords (connection test)")) from None
+            else:
+                entry = (resp.get("Records") or [{}])[0]
+                code = entry.get("ErrorCode")
+                if not code:
+                    return str(entry.get("ShardId"))
+                if code not in RETRYABLE_ENTRY_CODES or attempt == 4:
+                    raise SinkError(
+                        f"the connection test record was refused by Kinesis stream "
+                        f"{self.config.stream_name!r}: {code}: {entry.get('ErrorMessage')}"
+                    )
+            if self.context.stopping.wait(random.uniform(0, delay)):
+                break
+            delay *= 2
+        raise SinkError("stopped during the connection test")
 
     def write(self, envelopes: Sequence[Envelope]) -> None:
         cfg = self.config
@@ -351,7 +378,7 @@ class KinesisSink(Sink):
         try:
             kwargs: dict[str, Any] = {"StreamName": self.config.stream_name}
             while True:
-                resp = self._control.list_shards(**kwargs)
+                resp = self._client.list_shards(**kwargs)
                 for shard in resp.get("Shards", []):
                     if "EndingSequenceNumber" not in shard.get("SequenceNumberRange", {}):
                         starts.append(int(shard["HashKeyRange"]["StartingHashKey"]))
@@ -587,7 +614,7 @@ class KinesisSink(Sink):
             if code in ACCESS_CODES:
                 return (
                     f"access denied to {stream} ({what}: {code}); the credentials need "
-                    f"kinesis:DescribeStreamSummary, kinesis:PutRecord and kinesis:PutRecords"
+                    "kinesis:DescribeStreamSummary, kinesis:ListShards and kinesis:PutRecords"
                     + (f": {msg}" if msg else "")
                 )
             if code in CREDENTIAL_CODES:

@@ -180,8 +180,10 @@ def test_undeliverable_records_are_reported_with_counts_and_a_nonzero_exit(
     tmp_path, moto, proxy, make_stream
 ):
     stream = make_stream(1)
-    proxy.set_faults(error=1.0)  # every PutRecords fails; the start-up check still passes
-    cfg = config(tmp_path / "c.yaml", stream, proxy.url, machines=2, flush_timeout=1.5)
+    proxy.set_faults(error=1.0)  # every PutRecords fails; DescribeStreamSummary works
+    cfg = config(
+        tmp_path / "c.yaml", stream, proxy.url, machines=2, flush_timeout=1.5, connection_test=False
+    )
     data = records_ndjson(tmp_path / "in.ndjson", 50, 2)
 
     proc = run_cli("run", "-c", str(cfg), input=data.read_bytes(), timeout=60)
