@@ -304,7 +304,8 @@ class SinkContract:
 
     Optional: ``plugin_module`` (the module your entry point names, to check its
     hook registers ``sink_class``), ``preserves_order = False`` when your
-    destination may reorder envelopes, and ``batch_sizes``.
+    destination may reorder envelopes, ``batch_sizes``, and an ``expected`` method
+    for a sink that transforms what it writes.
     """
 
     sink_class: ClassVar[type[Sink]]
@@ -347,10 +348,18 @@ class SinkContract:
     def envelopes(self) -> list[Envelope]:
         return sample_envelopes()
 
+    # -- what the author may override --------------------------------------------------------
+
+    def expected(self, envelopes: Sequence[Envelope]) -> list[Any]:
+        """What ``read_back`` should return once these envelopes are delivered: by default
+        the envelopes as JSON dicts. Override it for a sink that transforms what it
+        writes (e.g. only records, or a different layout)."""
+        return _plain(envelopes)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def assert_arrived(self, expected: Sequence[Envelope], got: list[Any], when: str) -> None:
-        want = _plain(expected)
+        want = orjson.loads(orjson.dumps(self.expected(expected)))
         got = [orjson.loads(orjson.dumps(g)) for g in got]
         if not self.preserves_order:
             want = sorted(want, key=orjson.dumps)
@@ -401,8 +410,6 @@ class SinkContract:
         self._run(harness, envelopes)
         harness.stop()
         self.assert_arrived(envelopes, read_back(), "after close")
-        types = {d["type"] for d in read_back()}
-        assert types == {RECORD, METADATA, CONNECTION_TEST}
 
     def test_every_envelope_is_acknowledged_once_before_flush_returns(
         self, harness: SinkHarness, envelopes: list[Envelope]
