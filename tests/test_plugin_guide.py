@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from tests.plugins import environ, install, spark_sinks
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "writing-plugins.md"
+SQLITE = Path(__file__).resolve().parent / "plugins" / "spark-sinks-sqlite"
 
 
 def blocks(text: str, lang: str) -> list[str]:
@@ -36,8 +38,8 @@ def guide_example(tmp_path_factory) -> dict[str, Path]:
     harness_tests = [b for b in blocks(guide, "python") if "def test_one_file_per_machine" in b]
     (dist / "tests" / "test_bymachine.py").write_text(contract + "\n\n" + harness_tests[0])
     [config] = blocks(quick, "yaml")
-    site = install([dist], dist.parent / "install")[dist.name]
-    return {"dist": dist, "site": site, "config": config}
+    sites = install([dist, SQLITE], dist.parent / "install")
+    return {"dist": dist, "site": sites[dist.name], "config": config, "sqlite": sites[SQLITE.name]}
 
 
 def test_the_guide_example_is_listed_by_spark_sinks_plugins(guide_example):
@@ -74,3 +76,30 @@ def test_the_guide_examples_own_tests_pass(guide_example):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^11 passed", result.stdout, re.M), result.stdout
+
+
+SQLITE_CONFIG = """\
+host: gw-1
+machines:
+  press-1:
+    variables:
+      count: {format: int32}
+source: {type: simulator, interval: 0, count: 25, seed: 1}
+sinks:
+  db: {type: sqlite, path: "PATH", batch_size: 10}
+"""
+
+
+def test_a_second_sink_written_from_the_guide_alone_runs_installed(guide_example, tmp_path):
+    """tests/plugins/spark-sinks-sqlite was written following only the guide (a buffered
+    sink); its own tests run with the suite, and here it runs installed."""
+    site = guide_example["sqlite"]
+    db = tmp_path / "spark.db"
+    config = tmp_path / "c.yaml"
+    config.write_text(SQLITE_CONFIG.replace("PATH", str(db)))
+    result = spark_sinks(environ(site), "run", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "sink 'db': 26 accepted, 26 delivered" in result.stderr
+    with sqlite3.connect(db) as conn:
+        types = [r[0] for r in conn.execute("SELECT type FROM envelopes ORDER BY id")]
+    assert types == ["metadata"] + ["record"] * 25
