@@ -60,7 +60,12 @@ class SqliteSink(Sink):
     def write(self, envelopes: Sequence[Envelope]) -> None:
         self.queue.extend(envelopes)
         if len(self.queue) >= self.config.batch_size:
-            self._commit()
+            # Once queued, an envelope must not be counted failed by a raising write:
+            # a failed commit keeps it queued for the next one (at the latest, flush).
+            try:
+                self._commit()
+            except SinkError as exc:
+                self.log.warning("%s; retrying at the next commit", exc)
 
     def flush(self, timeout: float | None = None) -> None:
         self._commit()

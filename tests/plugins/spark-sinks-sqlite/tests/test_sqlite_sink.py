@@ -44,3 +44,19 @@ def test_commits_every_batch_size_and_at_flush(tmp_path):
     harness.stop()
     assert len(rows(db)) == 7
     assert harness.sink.stats.delivered == 7
+
+
+def test_a_failed_commit_keeps_the_envelopes_for_the_next_flush(tmp_path):
+    db = tmp_path / "spark.db"
+    harness = SinkHarness(SqliteSink, {"path": str(db), "batch_size": 2})
+    harness.start()
+    with sqlite3.connect(db) as other:  # hold the write lock: the commit in write fails
+        other.execute("BEGIN EXCLUSIVE")
+        harness.sink.db.execute("PRAGMA busy_timeout = 0")
+        harness.write(sample_envelopes()[:3])
+        assert harness.sink.stats.delivered == 0
+        other.rollback()
+    harness.stop()
+    assert len(rows(db)) == 3
+    stats = harness.sink.stats.snapshot()
+    assert (stats["delivered"], stats["failed"], stats["pending"]) == (3, 0, 0)
