@@ -12,6 +12,7 @@ from typing import Any, Literal
 from . import timefmt
 from .envelope import METADATA, RECORD, Envelope
 from .machines import Machine, metadata_payload
+from .timefmt import is_canonical as _canonical
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class Assembler:
         var = m.variables.get(variable) if type(variable) is str else None
         if var is None:
             raise InputError(f"machine {m.name!r} has no variable {variable!r}")
-        if not var.check(value):
+        if type(value) not in var.plain and not var.check(value):
             raise InputError(f"{m.name}.{var.name}: {value!r} is not a valid {var.format}")
         t = _time(time)
         cycle = self._cycles[m.name]
@@ -124,9 +125,12 @@ class Assembler:
         return out
 
     def add_record(self, machine_name: Any, values: Any, time: Any) -> list[Envelope]:
-        m = self._machine(machine_name)
-        if m is None:
-            return []
+        # The hot path for whole-record input: one pass that validates and builds.
+        m = self.machines.get(machine_name) if type(machine_name) is str else None
+        if m is None or not m.publishing:
+            m = self._machine(machine_name)
+            if m is None:
+                return []
         if type(values) is not dict:
             raise InputError("'values' must be an object of variable: value")
         variables = m.variables
@@ -134,9 +138,9 @@ class Assembler:
             var = variables.get(k)
             if var is None:
                 raise InputError(f"machine {m.name!r} has no variable {k!r}")
-            if not var.check(v):
+            if type(v) not in var.plain and not var.check(v):
                 raise InputError(f"{m.name}.{k}: {v!r} is not a valid {var.format}")
-        t = _time(time)
+        t = time if type(time) is str and _canonical(time) else _time(time)
         if len(values) != len(variables):
             missing = ", ".join(sorted(variables.keys() - values.keys()))
             if self.on_incomplete == "drop":
@@ -168,9 +172,7 @@ class Assembler:
         attributes = {}
         for k, var in variables.items():  # config order, whatever the arrival order
             if k in values:
-                a = var.attribute.copy()
-                a["value"] = values[k]
-                attributes[k] = a
+                attributes[k] = dict(var.attribute, value=values[k])
         data = {"machine": m.name, "time": time or timefmt.now(), "attributes": attributes}
         return Envelope(RECORD, self.host, data, m.name)
 

@@ -63,6 +63,18 @@ class Variable:
     check: Callable[[Any], bool] = field(repr=False)
     attribute: dict[str, Any] = field(repr=False)
     """Template of this variable's entry in a record's ``attributes``, without the value."""
+    plain: frozenset[type] = field(repr=False, default=frozenset())
+    """Types always valid for this format: the hot path tests these before ``check``."""
+
+
+def _plain_types(fmt: str) -> frozenset[type]:
+    if fmt in _FLOATS:
+        return frozenset((float, int))
+    if fmt in _STRINGS:
+        return frozenset((str,))
+    if fmt in _BOOLS:
+        return frozenset((bool,))
+    return frozenset()  # integers need a range check; object formats are rare
 
 
 @dataclass(slots=True)
@@ -89,6 +101,7 @@ def make_variable(definition: dict[str, Any]) -> Variable:
         definition=definition,
         check=value_check(definition["format"]),
         attribute=attribute,
+        plain=_plain_types(definition["format"]),
     )
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+is_canonical = _CANONICAL.match
+
+
+_last: list[Any] = [None, ""]
+"""The last second formatted, and its text: consecutive samples share their second."""
 
 
 def format_ms(epoch_ms: int) -> str:
-    dt = datetime.fromtimestamp(epoch_ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{epoch_ms % 1000:03d}Z"
+    sec, ms = divmod(epoch_ms, 1000)
+    last = _last
+    if last[0] != sec:
+        last[1] = f"{datetime.fromtimestamp(sec, UTC):%Y-%m-%dT%H:%M:%S}."
+        last[0] = sec
+    return f"{last[1]}{ms:03d}Z"
 
 
 def now() -> str:
