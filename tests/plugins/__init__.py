@@ -21,6 +21,35 @@ ROOT = HERE.parent.parent
 SPARK_SINKS = str(Path(sys.executable).parent / "spark-sinks")
 
 _installed: dict[Path, Path] = {}
+_build_env: list[dict[str, str] | None] = []
+PIP = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+
+
+def _can_build(env: dict[str, str]) -> bool:
+    probe = "import setuptools.command.bdist_wheel"  # setuptools>=70.1 builds wheels itself
+    if importlib.util.find_spec("wheel"):
+        probe = "import setuptools, wheel"
+    return (
+        subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
+    )
+
+
+def build_env(base: Path) -> dict[str, str] | None:
+    """An environment in which pip can build without an isolated build environment (which
+    costs a setuptools install per build), or None to let pip isolate each build."""
+    if not _build_env:
+        env = dict(os.environ)
+        if not _can_build(env):
+            tools = base / "build-tools"
+            got = subprocess.run(
+                [*PIP[:-1], "--target", str(tools), "setuptools>=70.1", "wheel"],
+                capture_output=True,
+            )
+            env["PYTHONPATH"] = str(tools)
+            if got.returncode or not _can_build(env):
+                env = None
+        _build_env.append(env)
+    return _build_env[0]
 
 
 def _pip(source: Path, base: Path) -> subprocess.Popen[bytes]:
@@ -29,11 +58,14 @@ def _pip(source: Path, base: Path) -> subprocess.Popen[bytes]:
     work = base / "src" / source.name
     shutil.copytree(source, work, ignore=shutil.ignore_patterns("build", "*.egg-info", "tests"))
     target = base / "site" / source.name
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
-    if importlib.util.find_spec("wheel"):  # the environment can build offline
+    cmd = [*PIP, "--target", str(target)]
+    env = build_env(base)
+    if env is not None:
         cmd.append("--no-build-isolation")
     _installed[source] = target
-    return subprocess.Popen([*cmd, str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [*cmd, str(work)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def install(sources: list[Path], base: Path) -> dict[str, Path]:
