@@ -160,6 +160,7 @@ def test_hooks_pluggy_would_silently_ignore_are_reported(sites):
     env = environ(sites["spark-sinks-mistakes"])
     result = spark_sinks(env, "plugins", "--json")
     broken = json.loads(result.stdout)["broken"]
+    broken.pop("duplicate", None) or broken.pop("stdout")
     assert broken == {
         "forgot-hookimpl": "defines spark_sinks_register_sink_types without @hookimpl, "
         "so it is never called",
@@ -167,3 +168,19 @@ def test_hooks_pluggy_would_silently_ignore_are_reported(sites):
         "(known: spark_sinks_register_sink_types, spark_sinks_register_sources)",
     }
     assert "Traceback" not in result.stderr
+
+
+def test_a_sink_type_provided_twice_names_both_plugins(sites):
+    env = environ(sites["spark-sinks-mistakes"])
+    broken = json.loads(spark_sinks(env, "plugins", "--json").stdout)["broken"]
+    clash = {k: v for k, v in broken.items() if k in ("duplicate", "stdout")}
+    assert clash in (
+        {
+            "duplicate": "spark_sinks_register_sink_types raised PluginError: "
+            "sink type 'stdout' is already provided by 'stdout'"
+        },
+        {
+            "stdout": "spark_sinks_register_sink_types raised PluginError: "
+            "sink type 'stdout' is already provided by 'duplicate'"
+        },
+    )
