@@ -29,13 +29,14 @@ class TestKinesisSinkContract(SinkContract):
         client = moto.client("kinesis")
         client.create_stream(StreamName=name, ShardCount=2)
         client.get_waiter("stream_exists").wait(StreamName=name)
-        return {
+        yield {
             "stream_name": name,
             "region": "us-east-1",
             "endpoint_url": moto.url,
             "connection_test": False,
             "linger_ms": 5,
         }
+        client.delete_stream(StreamName=name)  # the moto server is shared by the session
 
     @pytest.fixture
     def read_back(self, moto, sink_config):
