@@ -98,20 +98,23 @@ class Runtime:
         self.pipeline.between_batches = self._between_batches
         self.reporter = Reporter(config.operations, self.snapshot)
         self._finished: dict[str, dict[str, Any]] = {}
+        self._start_failures: dict[str, tuple[str, int]] = {}
+        """Sinks that could not start: the error, and the envelope count at that moment."""
 
     def start(self) -> None:
-        started: list[ActiveSink] = []
-        try:
-            for spec in self.config.sinks.values():
-                if spec.config.enabled:
-                    started.append(start_sink(spec, self.config.host))
-        except SinkError:
-            for active in started:
-                stop_sink(active)
-            raise
-        for active in started:
-            self.dispatcher.add(active)
-        if not started:
+        """Start every enabled sink. One that cannot start is reported and the others run
+        (its envelopes count as not delivered); only when none can start is it fatal."""
+        enabled = [spec for spec in self.config.sinks.values() if spec.config.enabled]
+        for spec in enabled:
+            try:
+                self.dispatcher.add(start_sink(spec, self.config.host))
+            except SinkError as exc:
+                if len(enabled) > 1:
+                    log.error("%s; running without it (SIGHUP retries)", exc)
+                self._start_failures[spec.name] = (str(exc), 0)
+        if enabled and not self.dispatcher.sinks:
+            raise SinkError("; ".join(msg for msg, _ in self._start_failures.values()))
+        if not enabled:
             log.warning("no sink is enabled: records are assembled and discarded")
         self.reporter.start()
         if self.config.operations.watch_config:
@@ -177,6 +180,8 @@ class Runtime:
             spool = getattr(a.sink, "spool", None)
             snap["spool_depth"] = spool.count() if spool is not None else None
             sinks[a.name] = snap
+        for name in self._start_failures:
+            sinks[name] = {**self._missed(name), "spool_depth": None}
         return {
             "pid": os.getpid(),
             "input": {
@@ -189,13 +194,28 @@ class Runtime:
         }
 
     def report(self) -> Report:
+        sinks = dict(self._finished)
+        for name in self._start_failures:
+            sinks[name] = self._missed(name)
         return Report(
             items=self.pipeline.items,
             envelopes=self.pipeline.envelopes,
             rejected=self.rejects.count,
             incomplete_dropped=self.assembler.incomplete_dropped,
-            sinks=dict(self._finished),
+            sinks=sinks,
         )
+
+    def _missed(self, name: str) -> dict[str, Any]:
+        """Counters of a sink that was not running: everything in between is lost to it."""
+        msg, since = self._start_failures[name]
+        n = self.pipeline.envelopes - since
+        snap: dict[str, Any] = {k: 0 for k in SinkStats.FIELDS}
+        snap.update(accepted=n, failed=n, pending=0, last_error=msg)
+        prev = self._finished.get(name)
+        if prev is not None:
+            for k in (*SinkStats.FIELDS, "pending"):
+                snap[k] += prev[k]
+        return snap
 
     # -- live reconfiguration ----------------------------------------------------------------
 
@@ -227,6 +247,11 @@ class Runtime:
                 )
                 log.info("reload: sink %r %s; flushing and stopping it", name, why)
                 self._retire(a)
+        for name in list(self._start_failures):
+            spec = new.sinks.get(name)
+            if spec is None or not spec.config.enabled:
+                self._finished[name] = self._missed(name)
+                del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
         host_changed = new.host != self.assembler.host
@@ -244,7 +269,12 @@ class Runtime:
                 active = start_sink(spec, new.host)
             except SinkError as exc:
                 log.error("reload: %s", exc)
+                if name not in self._start_failures:
+                    self._start_failures[name] = (str(exc), self.pipeline.envelopes)
                 continue
+            if name in self._start_failures:
+                self._finished[name] = self._missed(name)
+                del self._start_failures[name]
             log.info("reload: sink %r started", name)
             meta = self.assembler.all_metadata()
             single = Dispatcher()
