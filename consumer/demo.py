@@ -110,7 +110,8 @@ def consume(outputs: dict[str, str]) -> None:
     function = boto3.client("lambda").get_function_configuration(
         FunctionName=outputs["FunctionName"]
     )
-    os.environ.update(function["Environment"]["Variables"])  # as the deployed function has it
+    # as the deployed function has it (moto may hand back a Number parameter as a number)
+    os.environ.update({k: str(v) for k, v in function["Environment"]["Variables"].items()})
     print(f"handler {function['Handler']}, environment {function['Environment']['Variables']}")
     stats = Poller(boto3.client("kinesis"), outputs["StreamName"], lambda_handler).drain()
     print(

@@ -13,6 +13,8 @@ import base64
 import binascii
 import logging
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,8 @@ from .store import DEFAULT_DATA_TABLE, DEFAULT_METADATA_TABLE, Store
 
 DATA_TABLE_ENV = "DATA_TABLE_NAME"
 METADATA_TABLE_ENV = "METADATA_TABLE_NAME"
+CONCURRENCY_ENV = "WRITE_CONCURRENCY"
+DEFAULT_CONCURRENCY = 8
 
 logger = logging.getLogger("spark_consumer")
 
@@ -44,9 +48,15 @@ class Counts:
 
 
 class Consumer:
-    """Stores one Lambda batch at a time through ``store``."""
+    """Stores one Lambda batch at a time through ``store``.
 
-    def __init__(self, store: Store) -> None:
+    Every write is independent of the others: records have keys of their own and metadata
+    versions are ordered by DynamoDB's condition, not by the order of the writes. So the
+    Kinesis records of a batch are stored concurrently (``concurrency`` threads), and
+    Powertools' BatchProcessor then collects each one's outcome into ``batchItemFailures``.
+    """
+
+    def __init__(self, store: Store, concurrency: int = 8) -> None:
         self.store = store
         # A batch whose every record failed is still answered with batchItemFailures rather
         # than an exception: Lambda then retries from the first record, as it would anyway.
@@ -55,27 +65,43 @@ class Consumer:
             raise_on_entire_batch_failure=False,
             logger=logger,
         )
+        self.pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="store")
         self.counts = Counts()
+        self._lock = threading.Lock()
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         self.counts = Counts()
         if not event.get("Records"):  # Powertools refuses an empty batch; nothing to do
             return {"batchItemFailures": []}
+        pending: dict[str, Future[None]] = {
+            raw["kinesis"]["sequenceNumber"]: self.pool.submit(
+                self.process_record, KinesisStreamRecord(raw)
+            )
+            for raw in event["Records"]
+        }
+
+        def outcome(record: KinesisStreamRecord) -> None:
+            pending[record.kinesis.sequence_number].result()  # raises what the write raised
+
         response = process_partial_response(
             event=event,
-            record_handler=self.process_record,
+            record_handler=outcome,
             processor=self.processor,
             context=context,
         )
         failed = [item["itemIdentifier"] for item in response.get("batchItemFailures", [])]
         logger.info(
             "batch of %d Kinesis records: %s, %d failed",
-            len(event.get("Records", [])),
+            len(event["Records"]),
             ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in vars(self.counts).items()),
             len(failed),
             extra={"failed_sequence_numbers": failed},
         )
         return dict(response)
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            setattr(self.counts, what, getattr(self.counts, what) + 1)
 
     def process_record(self, record: KinesisStreamRecord) -> None:
         """One Kinesis record: every user record inside it, or an exception that marks the
@@ -85,7 +111,7 @@ class Consumer:
         try:
             _payload(record.kinesis.get("data"))
         except BadRecord as exc:
-            self.counts.skipped += 1
+            self.count("skipped")
             logger.error("skipping bad record %s: %s", sequence_number, exc)
             return
         try:
@@ -105,7 +131,7 @@ class Consumer:
             envelope = decode(_payload(kinesis.get("data")))
             self.store_envelope(envelope, position)
         except BadRecord as exc:
-            self.counts.skipped += 1
+            self.count("skipped")
             logger.error(
                 "skipping bad record %s (partition key %r): %s",
                 position.label,
@@ -118,17 +144,13 @@ class Consumer:
         self, envelope: Record | Metadata | ConnectionTest, position: Position
     ) -> None:
         if isinstance(envelope, Record):
-            if self.store.put_record(envelope, position):
-                self.counts.records += 1
-            else:
-                self.counts.duplicates += 1
+            stored = self.store.put_record(envelope, position)
+            self.count("records" if stored else "duplicates")
         elif isinstance(envelope, Metadata):
-            if self.store.put_metadata(envelope, position):
-                self.counts.metadata += 1
-            else:
-                self.counts.stale_metadata += 1
+            stored = self.store.put_metadata(envelope, position)
+            self.count("metadata" if stored else "stale_metadata")
         else:
-            self.counts.connection_tests += 1
+            self.count("connection_tests")
             logger.info("connection test from %s acknowledged", envelope.host)
 
 
@@ -152,12 +174,17 @@ def consumer_from_env() -> Consumer:
     key = (
         os.environ.get(DATA_TABLE_ENV) or DEFAULT_DATA_TABLE,
         os.environ.get(METADATA_TABLE_ENV) or DEFAULT_METADATA_TABLE,
+        os.environ.get(CONCURRENCY_ENV) or str(DEFAULT_CONCURRENCY),
         os.environ.get("AWS_ENDPOINT_URL"),
         os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
     )
     if _cached is None or _cached[0] != key:
         logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-        _cached = (key, Consumer(Store.connect(key[0], key[1])))
+        concurrency = int(key[2])
+        store = Store.connect(key[0], key[1], max_connections=concurrency)
+        if _cached is not None:
+            _cached[1].pool.shutdown(wait=False)
+        _cached = (key, Consumer(store, concurrency))
     return _cached[1]
 
 

@@ -11,10 +11,12 @@ Metadata table (default ``SparkMetadata``): one item per host and machine, lates
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from .envelope import BadRecord, Metadata, Position, Record
@@ -69,9 +71,11 @@ def arrival_time(arrival_ms: int) -> str:
 
 
 class Store:
-    """Writes records and metadata; every write may be repeated safely."""
+    """Writes records and metadata; every write may be repeated safely, and writes may run
+    in any order and concurrently (boto3 clients, unlike resources, are thread-safe)."""
 
-    def __init__(self, data_table: Any, metadata_table: Any) -> None:
+    def __init__(self, client: Any, data_table: str, metadata_table: str) -> None:
+        self.client = client
         self.data_table = data_table
         self.metadata_table = metadata_table
 
@@ -80,14 +84,16 @@ class Store:
         cls,
         data_table: str = DEFAULT_DATA_TABLE,
         metadata_table: str = DEFAULT_METADATA_TABLE,
-        dynamodb: Any = None,
+        max_connections: int = 10,
     ) -> Store:
         """Tables by name. boto3 finds region, credentials and ``AWS_ENDPOINT_URL``."""
-        if dynamodb is None:
-            import boto3
+        import boto3
+        from botocore.config import Config
 
-            dynamodb = boto3.resource("dynamodb")
-        return cls(dynamodb.Table(data_table), dynamodb.Table(metadata_table))
+        client = boto3.client(
+            "dynamodb", config=Config(max_pool_connections=max(10, max_connections))
+        )
+        return cls(client, data_table, metadata_table)
 
     def put_record(self, record: Record, position: Position) -> bool:
         """Store one record. False if this very record is already stored (a redelivery or a
@@ -105,7 +111,11 @@ class Store:
         if position.sub_sequence_number is not None:
             item["subSequenceNumber"] = position.sub_sequence_number
         try:
-            self.data_table.put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+            self.client.put_item(
+                TableName=self.data_table,
+                Item=_serialize(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -126,12 +136,13 @@ class Store:
             ":arrivalTime": arrival_time(position.arrival_ms),
         }
         try:
-            self.metadata_table.update_item(
-                Key={"pk": metadata.pk},
+            self.client.update_item(
+                TableName=self.metadata_table,
+                Key=_serialize({"pk": metadata.pk}),
                 UpdateExpression=_METADATA_UPDATE,
                 ConditionExpression="attribute_not_exists(#pk) OR #version < :version",
                 ExpressionAttributeNames=_METADATA_NAMES,
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=_serialize(values),
             )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
@@ -155,6 +166,16 @@ def create_tables(
     waiter = client.get_waiter("table_exists")
     for name in (data_table, metadata_table):
         waiter.wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+
+
+_SERIALIZER = TypeSerializer()
+
+
+def _serialize(values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {key: _SERIALIZER.serialize(value) for key, value in values.items()}
+    except decimal.DecimalException as exc:  # envelope.to_dynamodb avoids this; be sure
+        raise BadRecord(f"a number DynamoDB cannot store: {exc!r}") from exc
 
 
 def _code(exc: ClientError) -> str:

@@ -30,6 +30,18 @@ def tables(aws_env: dict[str, str], moto, monkeypatch: pytest.MonkeyPatch) -> It
     yield moto.client("dynamodb")
 
 
+STREAM = "spark"
+
+
+@pytest.fixture
+def stream(tables, moto) -> object:
+    """A moto Kinesis stream of three shards named ``STREAM``, with fresh tables."""
+    kinesis = moto.client("kinesis")
+    kinesis.create_stream(StreamName=STREAM, ShardCount=3)
+    kinesis.get_waiter("stream_exists").wait(StreamName=STREAM)
+    return kinesis
+
+
 @pytest.fixture(scope="session")
 def produced() -> Producer:
     """Real envelopes from the spark-sinks CLI (stdout sink), made once per session."""

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
 from spark_consumer.handler import lambda_handler
 from spark_consumer.poller import Poller
 
@@ -18,14 +17,6 @@ from .conftest import CONSUMER_DIR
 from .test_handler import scan
 
 STREAM = "spark"
-
-
-@pytest.fixture
-def stream(tables, moto) -> Any:
-    kinesis = moto.client("kinesis")
-    kinesis.create_stream(StreamName=STREAM, ShardCount=3)
-    kinesis.get_waiter("stream_exists").wait(StreamName=STREAM)
-    return kinesis
 
 
 def put(kinesis: Any, envelopes: list[bytes]) -> None:

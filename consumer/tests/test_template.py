@@ -68,6 +68,7 @@ def test_the_function_runs_the_handler_with_table_names_from_its_environment(tem
     assert callable(getattr(importlib.import_module(module), name))
     assert props["Environment"]["Variables"]["DATA_TABLE_NAME"] == {"Ref": "DataTable"}
     assert props["Environment"]["Variables"]["METADATA_TABLE_NAME"] == {"Ref": "MetadataTable"}
+    assert props["Environment"]["Variables"]["WRITE_CONCURRENCY"] == {"Ref": "WriteConcurrency"}
     # the zip is built for the runtime and architecture the function declares
     makefile = (CONSUMER_DIR / "Makefile").read_text()
     version = re.search(r"^LAMBDA_PYTHON \?= (\S+)", makefile, re.M).group(1)
@@ -153,7 +154,7 @@ def test_the_stack_deployed_on_moto_stores_what_reaches_its_stream(
         FunctionName=outputs["FunctionName"]
     )
     for key, value in function["Environment"]["Variables"].items():
-        monkeypatch.setenv(key, value)  # run the handler as the deployed function is set up
+        monkeypatch.setenv(key, str(value))  # the handler set up as the deployed function
     module, name = function["Handler"].rsplit(".", 1)
     handler = getattr(importlib.import_module(module), name)
 
