@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 from spark_consumer.handler import lambda_handler
@@ -204,3 +206,29 @@ def test_the_runner_works_from_the_command_line(moto, produced):
     dynamodb = moto.client("dynamodb")
     assert dynamodb.scan(TableName="LocalData")["Count"] == len(produced.records)
     assert dynamodb.scan(TableName="LocalMetadata")["Count"] == len(produced.metadata)
+
+
+def test_follow_mode_delivers_records_put_while_it_runs(stream, produced):
+    put(stream, produced.records[:2])  # before the start: skipped when starting at LATEST
+    poller = Poller(stream, STREAM, lambda_handler, starting_position="LATEST")
+    deadline = time.monotonic() + 20
+    done = threading.Event()
+    follower = threading.Thread(
+        target=poller.follow,
+        kwargs={"interval": 0.05, "until": lambda: done.is_set() or time.monotonic() > deadline},
+    )
+    follower.start()
+    try:
+        while not poller.shards or not all(s.started for s in poller.shards.values()):
+            time.sleep(0.02)  # every shard has its LATEST position
+        put(stream, produced.records[2:])
+        while poller.stats.records < len(produced.records) - 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.set()
+        follower.join(10)
+
+    assert poller.stats.records == len(produced.records) - 2
+    assert {i["time"] for i in scan("SparkData") if i["machine"] == "press-1"} == {
+        "2026-11-26T10:00:02.000Z"
+    }
