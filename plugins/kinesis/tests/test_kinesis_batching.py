@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 from kinesis_helpers import read_stream
@@ -113,3 +114,50 @@ def test_a_flush_sends_a_partial_batch_at_once(moto, proxy, make_stream):
     assert time.monotonic() - t0 < 1.0
     assert sink.stats.delivered == 7
     sink.close()
+
+
+def test_each_shard_is_written_by_exactly_one_lane(moto, kinesis, make_stream):
+    stream = make_stream(4)
+    sink = _sink(moto.url, stream, max_in_flight=4)
+    envs = _envelopes(400, machines=40)
+    lane_of = {e.machine: sink._key(e.host, e.machine)[2].index for e in envs}
+    sink.write(envs)
+    sink.flush(10)
+    sink.close()
+    lanes_of_shard: dict[str, set[int]] = {}
+    for r in read_stream(kinesis, stream):
+        machine = r["envelope"]["data"]["machine"]
+        lanes_of_shard.setdefault(r["shard"], set()).add(lane_of[machine])
+    assert len(lanes_of_shard) == 4
+    assert all(len(lanes) == 1 for lanes in lanes_of_shard.values()), lanes_of_shard
+    assert len({next(iter(v)) for v in lanes_of_shard.values()}) == 4  # one lane per shard
+
+
+def test_a_write_blocked_by_backpressure_returns_when_the_operator_insists(
+    moto, proxy, make_stream
+):
+    stream = make_stream(1)
+    sink = _sink(proxy.url, stream, max_buffered_bytes=1024 * 1024, max_batch_bytes=64 * 1024)
+    proxy.set_faults(error=1.0)  # nothing drains
+    pad = "x" * 900
+    envs = [
+        Envelope("record", "gw", {"machine": "m", "time": i, "pad": pad}, "m") for i in range(2_000)
+    ]
+    done = []
+
+    def writer() -> None:
+        sink.write(envs)
+        done.append(True)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.5)
+    assert not done, "write should block at max_buffered_bytes"
+    assert sink._buffered <= 1024 * 1024
+    sink.context.stopping.set()
+    t.join(2)
+    assert done, "write should return once stopping is set"
+    assert sink._pending == 2_000  # kept and counted, not dropped
+    sink.flush(1)
+    sink.close()
+    assert sink.stats.delivered == 0
