@@ -407,8 +407,13 @@ class SinkContract:
     def test_records_and_metadata_arrive_intact(
         self, harness: SinkHarness, read_back: Callable[[], list[Any]], envelopes: list[Envelope]
     ) -> None:
+        before = [orjson.dumps(e.to_dict()) for e in envelopes]
         self._run(harness, envelopes)
         harness.stop()
+        changed = [i for i, e in enumerate(envelopes) if orjson.dumps(e.to_dict()) != before[i]]
+        assert not changed, (
+            f"the sink modified envelopes {changed}: the same objects go to every sink"
+        )
         self.assert_arrived(envelopes, read_back(), "after close")
 
     def test_every_envelope_is_acknowledged_once_before_flush_returns(

@@ -83,6 +83,13 @@ class Mangles(MemorySink):
         DESTINATION.extend({**e.to_dict(), "host": e.host.upper()} for e in envelopes)
 
 
+class ModifiesEnvelopes(MemorySink):
+    def write(self, envelopes: Sequence[Envelope]) -> None:
+        for e in envelopes:
+            e.data["sink"] = "memory"
+        super().write(envelopes)
+
+
 class LaxConfig(MemoryConfig):
     model_config = ConfigDict(extra="ignore")
 
@@ -138,6 +145,7 @@ def test_correct_sinks_pass_every_rule(rule, sink_class):
         ("acknowledged", AcknowledgesLate, "acknowledged after the final flush returned"),
         ("flush before close", DeliversOnlyOnClose, "after flush returned, before close"),
         ("intact", Mangles, "arrived changed"),
+        ("intact", ModifiesEnvelopes, "the sink modified envelopes"),
         ("unknown key", IgnoresUnknownKeys, "DID NOT RAISE"),
     ],
 )
