@@ -8,14 +8,14 @@ the destination::
     import json
 
     import pytest
-    from spark_sinks.testing import Invalid, SinkContract
+    from spark_sinks.testing import MISSING, Invalid, SinkContract
 
     from my_sink import MySink
 
 
     class TestMySinkContract(SinkContract):
         sink_class = MySink
-        invalid_configs = [Invalid({"path": None}, "path", "valid string")]
+        invalid_configs = [Invalid({"path": MISSING}, "path", "required key is missing")]
 
         @pytest.fixture
         def sink_config(self, tmp_path):
@@ -38,7 +38,8 @@ close``) with a recording subclass of your sink, and checks:
   ``context.delivered`` before ``flush`` returns, and an unbuffered one never
   does (the core counts it);
 * that records, metadata and connection-test envelopes arrive intact (their
-  JSON compares equal, including unicode, big integers and nested values);
+  JSON compares equal, including unicode, big integers and nested values), and
+  that the sink leaves the envelopes it is given unmodified;
 * that configuration errors name the failing key as ``sinks.<name>.<key>``.
 
 :class:`SinkHarness` is the driver the contract uses; use it directly for
