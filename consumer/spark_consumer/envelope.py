@@ -50,13 +50,13 @@ class Position:
     sub_sequence_number: int | None = None
     """Index inside a KPL-aggregated Kinesis record, ``None`` for a plain record."""
 
-    @property
-    def version(self) -> str:
-        """A string that sorts like the stream: arrival time, then sequence number, then the
-        index inside an aggregated record. All fields are zero-padded to a fixed width, so
-        DynamoDB's string comparison orders versions correctly."""
+    def version(self, time_ms: int | None = None) -> str:
+        """A string that sorts like the stream: ``time_ms`` (by default the arrival time),
+        then sequence number, then the index inside an aggregated record. All fields are
+        zero-padded to a fixed width, so DynamoDB's string comparison orders versions."""
+        ms = self.arrival_ms if time_ms is None else time_ms
         sub = -1 if self.sub_sequence_number is None else self.sub_sequence_number
-        return f"{self.arrival_ms:015d}.{self.sequence_number:0>130}.{sub + 1:010d}"
+        return f"{max(ms, 0):015d}.{self.sequence_number:0>130}.{sub + 1:010d}"
 
     @property
     def label(self) -> str:
@@ -90,6 +90,15 @@ class Metadata:
     machine: str
     info: dict[str, Any]
     variables: dict[str, Any] = field(default_factory=dict)
+    time: str | None = None
+    """When the producer made this version, if it says (the original never did)."""
+
+    @property
+    def time_ms(self) -> int | None:
+        if self.time is None:
+            return None
+        dt = datetime.strptime(self.time, "%Y-%m-%dT%H:%M:%S.%f%z")
+        return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
 
     @property
     def pk(self) -> str:
@@ -153,7 +162,14 @@ def decode(payload: bytes) -> Envelope:
     variables = data.get("variables", {})
     if not isinstance(variables, dict):
         raise BadRecord("metadata data.variables is not an object")
-    metadata = Metadata(host, machine, to_dynamodb(info), to_dynamodb(variables))
+    time = data.get("time")
+    metadata = Metadata(
+        host,
+        machine,
+        to_dynamodb(info),
+        to_dynamodb(variables),
+        None if time is None else normalize_time(time),
+    )
     _check_key(metadata.pk, MAX_PARTITION_KEY_BYTES, "host/machine")
     return metadata
 

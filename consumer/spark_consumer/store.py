@@ -46,24 +46,6 @@ _PERMANENT_VALIDATION_ERRORS = (
     "Nesting Levels have exceeded supported limits",
 )
 
-_METADATA_UPDATE = (
-    "SET #host = :host, #machine = :machine, #info = :info, #variables = :variables, "
-    "#version = :version, #sequenceNumber = :sequenceNumber, #arrivalTime = :arrivalTime"
-)
-_METADATA_NAMES = {
-    f"#{name}": name
-    for name in (
-        "pk",
-        "host",
-        "machine",
-        "info",
-        "variables",
-        "version",
-        "sequenceNumber",
-        "arrivalTime",
-    )
-}
-
 
 def arrival_time(arrival_ms: int) -> str:
     dt = datetime.fromtimestamp(arrival_ms // 1000, UTC)
@@ -126,23 +108,26 @@ class Store:
     def put_metadata(self, metadata: Metadata, position: Position) -> bool:
         """Store one metadata version unless a newer one is stored. False if the stored
         version is the same or newer (a redelivery, or an older version arriving late)."""
-        values: dict[str, Any] = {
-            ":host": metadata.host,
-            ":machine": metadata.machine,
-            ":info": metadata.info,
-            ":variables": metadata.variables,
-            ":version": position.version,
-            ":sequenceNumber": position.sequence_number,
-            ":arrivalTime": arrival_time(position.arrival_ms),
+        fields: dict[str, Any] = {
+            "host": metadata.host,
+            "machine": metadata.machine,
+            "info": metadata.info,
+            "variables": metadata.variables,
+            "version": position.version(metadata.time_ms),
+            "sequenceNumber": position.sequence_number,
+            "arrivalTime": arrival_time(position.arrival_ms),
         }
+        if metadata.time is not None:
+            fields["time"] = metadata.time
+        names = {f"#{name}": name for name in (*fields, "pk")}
         try:
             self.client.update_item(
                 TableName=self.metadata_table,
                 Key=_serialize({"pk": metadata.pk}),
-                UpdateExpression=_METADATA_UPDATE,
+                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in fields),
                 ConditionExpression="attribute_not_exists(#pk) OR #version < :version",
-                ExpressionAttributeNames=_METADATA_NAMES,
-                ExpressionAttributeValues=_serialize(values),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_serialize({f":{k}": v for k, v in fields.items()}),
             )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":

@@ -171,6 +171,25 @@ def test_within_one_millisecond_the_later_sequence_number_wins(tables):
     assert item["info"]["description"] == "v2"
 
 
+def test_metadata_that_says_when_it_was_made_is_ordered_by_that_time(tables):
+    # The original's metadata carries no time; a producer that adds one ("time" in data, as
+    # records have) gets its versions ordered by it, so a late replay of an old version loses.
+    def stamped(description: str, time: str) -> bytes:
+        envelope = json.loads(metadata_version(description))
+        envelope["data"]["time"] = time
+        return json.dumps(envelope).encode()
+
+    seq = Sequence()
+    new = stamped("v2", "2026-11-26T10:00:00.000Z")
+    old = stamped("v1", "2026-11-26T09:00:00.000Z")
+    lambda_handler(kinesis_event([new], seq, arrival=1_800_000_000.0), None)
+    lambda_handler(kinesis_event([old], seq, arrival=1_800_000_060.0), None)  # arrives later
+
+    (item,) = scan("SparkMetadata")
+    assert item["info"]["description"] == "v2"
+    assert item["time"] == "2026-11-26T10:00:00.000Z"
+
+
 def test_connection_test_is_acknowledged_and_stored_nowhere(tables):
     probe = b'{"type":"connection_test","host":"gw","data":{}}'
     response = lambda_handler(kinesis_event([probe]), None)
