@@ -229,6 +229,7 @@ class KinesisSink(Sink):
         if len(self._lanes) > 1:
             self._load_shard_map()
         if not cfg.connection_test:
+            self.log.info("%s; %d lanes", text, len(self._lanes))
             return text
         host = self.context.host
         test = Envelope(
@@ -242,7 +243,9 @@ class KinesisSink(Sink):
             },
         )
         shard = self._put_connection_test(test)
-        return f"{text}; connection test record written to {shard}"
+        text = f"{text}; connection test record written to {shard}"
+        self.log.info("%s; %d lanes", text, len(self._lanes))
+        return text
 
     def _put_connection_test(self, test: Envelope) -> str:
         """PutRecords of the one test record: the call, and the permission, used to send.

@@ -3,11 +3,23 @@ real moto server over HTTP, read back with GetRecords over every shard."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
-from kinesis_helpers import HOST, config, machine_names, read_stream, records_ndjson, run_cli
+from kinesis_helpers import (
+    HOST,
+    SPARK_SINKS,
+    cli_env,
+    config,
+    machine_names,
+    read_stream,
+    records_ndjson,
+    run_cli,
+)
 from spark_sinks_kinesis import partition_key
 
 
@@ -207,3 +219,34 @@ def test_long_partition_keys_are_shortened_deterministically(tmp_path: Path) -> 
     assert a.startswith(f"{host}/m")
     assert partition_key("gw", "press-1") == "gw/press-1"
     assert partition_key("gw", None) == "gw"
+
+
+def test_a_second_signal_ends_the_flush_at_once_and_reports_what_is_left(
+    tmp_path, moto, proxy, make_stream
+):
+    stream = make_stream(1)
+    proxy.set_faults(error=1.0)  # nothing can be delivered: the final flush would wait 60 s
+    cfg = config(
+        tmp_path / "c.yaml", stream, proxy.url, machines=2, flush_timeout=60, connection_test=False
+    )
+    data = records_ndjson(tmp_path / "in.ndjson", 20, 2)
+    with data.open("rb") as stdin:
+        proc = subprocess.Popen(
+            [SPARK_SINKS, "run", "-c", str(cfg)],
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+        )
+        time.sleep(2.0)  # input consumed; the sink is flushing, retrying every request
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert time.monotonic() - t0 < 3.0
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "22 accepted, 0 delivered; 22 NOT delivered (22 pending)" in text
+    assert "Traceback" not in text
