@@ -6,7 +6,9 @@ to the Lambda handler, shaped and retried the way Lambda's Kinesis event source 
 
 By default it reads every shard from the oldest record (TRIM_HORIZON) until all shards are at
 their tip, then exits; ``--follow`` keeps polling, once a second per shard, like Lambda.
-Without ``--endpoint-url`` it reads a real stream with your AWS credentials.
+Without ``--endpoint-url`` it reads a real stream with your AWS credentials; with
+``--shard`` and ``--at-sequence`` it replays one shard from a given record (writes are
+idempotent, so replaying more than needed is harmless).
 
 Delivery follows Lambda with ``ReportBatchItemFailures``: when the handler reports failed
 sequence numbers, the batch is delivered again from the lowest one, up to ``--max-retries``
@@ -110,6 +112,8 @@ class Poller:
         max_retries: int = 3,
         starting_position: str = "TRIM_HORIZON",
         retry_delay: float = 0.2,
+        shard_id: str | None = None,
+        at_sequence: str | None = None,
     ) -> None:
         self.kinesis = kinesis
         self.stream = stream
@@ -117,6 +121,9 @@ class Poller:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.starting_position = starting_position
+        self.only_shard = shard_id
+        """Read this shard only (a replay); ``at_sequence`` is where it starts."""
+        self.at_sequence = at_sequence
         self.retry_delay = retry_delay
         self.stats = Stats()
         summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
@@ -131,6 +138,8 @@ class Poller:
         while True:
             page = self.kinesis.list_shards(**kwargs)
             for shard in page["Shards"]:
+                if self.only_shard not in (None, shard["ShardId"]):
+                    continue
                 if shard["ShardId"] not in self.shards:
                     parents = tuple(
                         shard[key]
@@ -176,10 +185,14 @@ class Poller:
         """One GetRecords on ``shard`` and the delivery of what it returns; True if it
         returned records."""
         if not shard.started:
+            where: dict[str, str] = {"ShardIteratorType": self.starting_position}
+            if self.at_sequence is not None:
+                where = {
+                    "ShardIteratorType": "AT_SEQUENCE_NUMBER",
+                    "StartingSequenceNumber": self.at_sequence,
+                }
             shard.iterator = self.kinesis.get_shard_iterator(
-                StreamName=self.stream,
-                ShardId=shard.shard_id,
-                ShardIteratorType=self.starting_position,
+                StreamName=self.stream, ShardId=shard.shard_id, **where
             )["ShardIterator"]
             shard.started = True
         if shard.iterator is None:
@@ -268,11 +281,21 @@ def main(argv: list[str] | None = None) -> int:
         default="trim_horizon",
         help="where to start in each shard",
     )
+    parser.add_argument(
+        "--shard",
+        help="read this shard only, e.g. to replay a batch the event source mapping gave up "
+        "(its failure queue message names the shard and the sequence numbers)",
+    )
+    parser.add_argument(
+        "--at-sequence", help="with --shard: start at this sequence number, not at --from"
+    )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--max-retries", type=int, default=3)
     parser.add_argument("--follow", action="store_true", help="keep polling until Ctrl-C")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.at_sequence and not args.shard:
+        parser.error("--at-sequence needs --shard")
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -303,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_retries=args.max_retries,
         starting_position=args.starting_position.upper(),
+        shard_id=args.shard,
+        at_sequence=args.at_sequence,
     )
     try:
         stats = poller.follow() if args.follow else poller.drain()

@@ -86,16 +86,23 @@ def test_batches_are_lambda_shaped_events_per_shard(stream, produced):
     assert [p["type"] for p in press_1] == ["metadata", "record", "record", "record"]
 
 
+def first_batch_of(kinesis: Any, shard_id: str) -> list[dict[str, Any]]:
+    iterator = kinesis.get_shard_iterator(
+        StreamName=STREAM, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    return kinesis.get_records(ShardIterator=iterator)["Records"]
+
+
+def first_shard_with_data(kinesis: Any) -> str:
+    for shard in kinesis.list_shards(StreamName=STREAM)["Shards"]:
+        if first_batch_of(kinesis, shard["ShardId"]):
+            return shard["ShardId"]
+    raise AssertionError("the stream is empty")
+
+
 def first_batch(kinesis: Any) -> list[dict[str, Any]]:
     """The records of the first shard that has any, as the poller will read them."""
-    for shard in kinesis.list_shards(StreamName=STREAM)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=STREAM, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        records = kinesis.get_records(ShardIterator=iterator)["Records"]
-        if records:
-            return records
-    raise AssertionError("the stream is empty")
+    return first_batch_of(kinesis, first_shard_with_data(kinesis))
 
 
 def test_a_reported_failure_is_redelivered_from_that_record_on(stream, produced):
@@ -232,3 +239,21 @@ def test_follow_mode_delivers_records_put_while_it_runs(stream, produced):
     assert {i["time"] for i in scan("SparkData") if i["machine"] == "press-1"} == {
         "2026-11-26T10:00:02.000Z"
     }
+
+
+def test_one_shard_can_be_replayed_from_a_sequence_number(stream, produced):
+    put(stream, produced.records[:3])  # press-1: one shard
+    records = first_batch(stream)
+    shard_id = first_shard_with_data(stream)
+    delivered: list[str] = []
+
+    def recording(event: dict[str, Any], context: Any) -> Any:
+        delivered.extend(r["kinesis"]["sequenceNumber"] for r in event["Records"])
+        return lambda_handler(event, context)
+
+    Poller(
+        stream, STREAM, recording, shard_id=shard_id, at_sequence=records[1]["SequenceNumber"]
+    ).drain()
+
+    assert delivered == [r["SequenceNumber"] for r in records[1:]]
+    assert len(scan("SparkData")) == 2
