@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kinesis_helpers import config, run_cli
+from kinesis_helpers import cli_env, config, run_cli
 from spark_sinks_kinesis import KinesisConfig
 
 from spark_sinks import ConfigError
@@ -190,3 +190,37 @@ def test_check_reports_bad_credentials_and_access_denied_without_leaking_the_sec
     finally:
         iam.delete_access_key(UserName="no-rights", AccessKeyId=key["AccessKeyId"])
         iam.delete_user(UserName="no-rights")
+
+
+def test_a_profile_from_the_shared_files_is_used_and_a_missing_one_is_named(
+    tmp_path, moto, make_stream
+):
+    stream = make_stream(1)
+    creds = tmp_path / "credentials"
+    creds.write_text("[spark]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = sekret1\n")
+    env = cli_env(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(k)
+    ok = config(tmp_path / "ok.yaml", stream, moto.url, profile="spark")
+    proc = run_cli("check", "-c", str(ok), env=env)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+    missing = config(tmp_path / "missing.yaml", stream, moto.url, profile="nope")
+    proc = run_cli("check", "-c", str(missing), env=env)
+    assert proc.returncode == 1
+    assert "AWS profile 'nope' is not in the shared config or credentials file" in (
+        proc.stdout.decode()
+    )
+
+
+def test_no_credentials_anywhere_gives_a_clear_message(tmp_path, moto):
+    env = cli_env(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(k)
+    proc = run_cli("check", "-c", str(config(tmp_path / "c.yaml", "s", moto.url)), env=env)
+    assert proc.returncode == 1
+    assert "no AWS credentials found" in proc.stdout.decode()
