@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,23 @@ def read_stream(client: Any, stream: str) -> list[dict[str, Any]]:
                 break
             it = resp.get("NextShardIterator")
     return out
+
+
+@contextlib.contextmanager
+def moto_auth(url: str) -> Iterator[None]:
+    """Make moto check credentials (it accepts anything by default)."""
+
+    def post(value: str) -> None:
+        req = urllib.request.Request(
+            f"{url}/moto-api/reset-auth",
+            data=value.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(req, timeout=10).read()
+
+    post("0")
+    try:
+        yield
+    finally:
+        post("inf")

@@ -3,14 +3,11 @@ endpoint (stream not found, bad credentials, access denied, endpoint unreachable
 
 from __future__ import annotations
 
-import contextlib
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from kinesis_helpers import cli_env, config, run_cli
+from kinesis_helpers import cli_env, config, moto_auth, run_cli
 from spark_sinks_kinesis import KinesisConfig
 
 from spark_sinks import ConfigError
@@ -133,26 +130,6 @@ def test_run_refuses_to_start_when_the_endpoint_is_unreachable(tmp_path):
     assert f"cannot reach the Kinesis endpoint {url}" in line
 
 
-@contextlib.contextmanager
-def _moto_auth(url: str) -> Iterator[None]:
-    """Make moto check credentials (it accepts anything by default)."""
-
-    def post(value: str) -> None:
-        req = urllib.request.Request(
-            f"{url}/moto-api/reset-auth",
-            data=value.encode(),
-            method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        urllib.request.urlopen(req, timeout=10).read()
-
-    post("0")
-    try:
-        yield
-    finally:
-        post("inf")
-
-
 def test_check_reports_bad_credentials_and_access_denied_without_leaking_the_secret(
     tmp_path, moto, make_stream
 ):
@@ -161,7 +138,7 @@ def test_check_reports_bad_credentials_and_access_denied_without_leaking_the_sec
     iam.create_user(UserName="no-rights")
     key = iam.create_access_key(UserName="no-rights")["AccessKey"]
     try:
-        with _moto_auth(moto.url):
+        with moto_auth(moto.url):
             bad = config(
                 tmp_path / "bad.yaml",
                 stream,

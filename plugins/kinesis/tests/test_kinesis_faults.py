@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from kinesis_helpers import config, read_stream, records_ndjson, run_cli
+from kinesis_helpers import config, moto_auth, read_stream, records_ndjson, run_cli
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
 from spark_sinks import Envelope, SinkContext
@@ -161,3 +161,42 @@ def test_flush_returns_at_its_deadline_and_on_stopping(moto, proxy, make_stream)
     assert time.monotonic() - t0 < 2.0
     sink.close()
     assert sink.stats.delivered == 0
+
+
+def test_access_denied_mid_run_holds_the_records_until_the_operator_fixes_it(
+    moto, kinesis, make_stream
+):
+    stream = make_stream(1)
+    iam = moto.client("iam")
+    iam.create_user(UserName="revoked")
+    key = iam.create_access_key(UserName="revoked")["AccessKey"]
+    cfg = KinesisConfig(
+        type="kinesis",
+        stream_name=stream,
+        region="us-east-1",
+        endpoint_url=moto.url,
+        access_key_id=key["AccessKeyId"],
+        secret_access_key=key["SecretAccessKey"],
+        linger_ms=10,
+        retry_base_ms=20,
+        retry_max_ms=400,
+        connection_test=False,
+    )
+    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
+    sink.open()
+    sink.check()
+    try:
+        with moto_auth(moto.url):  # the user has no policy: every call is denied now
+            sink.write(_envelopes(50))
+            time.sleep(1.0)
+            assert sink.stats.delivered == 0
+            assert "access denied" in (sink.stats.last_error or "")
+            assert sink._pending == 50  # held, not dropped or dead-lettered
+            assert sink.stats.dead_lettered == 0
+        sink.flush(10)  # "fixed": auth is off again
+        assert sink.stats.delivered == 50
+    finally:
+        sink.close()
+        iam.delete_access_key(UserName="revoked", AccessKeyId=key["AccessKeyId"])
+        iam.delete_user(UserName="revoked")
+    assert len(read_stream(kinesis, stream)) == 50
