@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EDITABLES := -e . -e plugins/stdout -e plugins/kinesis
 
-.PHONY: all venv run test lint format bench clean
+.PHONY: all venv run test lint format bench demo clean
 
 all: venv
 
@@ -32,6 +32,9 @@ lint: venv
 format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+demo: venv
+	$(BIN)/python consumer/demo.py
 
 bench: venv
 	$(BIN)/python bench/run.py

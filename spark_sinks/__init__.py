@@ -7,6 +7,7 @@ from .envelope import CONNECTION_TEST, METADATA, RECORD, Envelope
 from .errors import ConfigError, SinkError, SparkSinksError
 from .hookspecs import hookimpl
 from .sink import Sink, SinkConfig, SinkContext, SinkStats
+from .sources import Feed, Source, SourceConfig
 
 __version__ = "0.1.0"
 
@@ -16,11 +17,14 @@ __all__ = [
     "RECORD",
     "ConfigError",
     "Envelope",
+    "Feed",
     "Sink",
     "SinkConfig",
     "SinkContext",
     "SinkError",
     "SinkStats",
+    "Source",
+    "SourceConfig",
     "SparkSinksError",
     "__version__",
     "hookimpl",

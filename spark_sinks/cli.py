@@ -179,7 +179,9 @@ def status(config_path: Path) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
-    """List installed plugins, their hooks, and the sink and source types they provide."""
+    """List installed plugins, their hooks, and the sink and source types they provide.
+
+    Exits 1 when a plugin is broken (failed to load or raised in a hook)."""
     registry = load_registry()
     rows = []
     for p in registry.plugins:
@@ -199,7 +201,7 @@ def plugins(as_json: bool) -> None:
         )
     if as_json:
         click.echo(orjson.dumps({"plugins": rows, "broken": registry.broken}).decode())
-        return
+        sys.exit(1 if registry.broken else 0)
     for r in rows:
         dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "built into core"
         click.echo(f"{r['name']} ({dist})")
@@ -221,6 +223,7 @@ def plugins(as_json: bool) -> None:
             f"{LOAD_ENV}={loaded or '<names>'}",
             err=True,
         )
+        sys.exit(1)
 
 
 def main() -> None:

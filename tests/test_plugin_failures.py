@@ -118,8 +118,9 @@ def test_a_plugin_whose_hook_raises_is_named_and_the_others_still_run(broken_env
     assert "Traceback" not in result.stderr
 
 
-def test_plugins_lists_broken_plugins_by_name_and_distribution(broken_env):
+def test_plugins_lists_broken_plugins_by_name_and_distribution_and_exits_1(broken_env):
     result = spark_sinks(broken_env, "plugins")
+    assert result.returncode == 1
     assert (
         "broken-import (spark-sinks-broken-import 0.0.1): BROKEN: ImportError: "
         "spark_sinks_broken_import needs the 'libfrobnicate' library"
