@@ -100,8 +100,9 @@ class KinesisConfig(SinkConfig):
     max_record_bytes: int = Field(MiB, ge=1024, le=RECORD_MAX_BYTES)
     """Larger records (data + partition key) go to the dead letter. 1 MiB is Kinesis's
     default; raise it only for a stream whose maximum record size was raised."""
-    max_buffered_bytes: int = Field(64 * MiB, ge=MiB)
-    """Bound on records held (queued or being sent); ``write`` blocks beyond it."""
+    max_buffered_bytes: int = Field(16 * MiB, ge=MiB)
+    """Bound on record bytes held (queued or being sent); ``write`` blocks beyond it. The
+    envelopes behind them take about ten times as much memory as Python objects."""
     max_in_flight: int = Field(4, ge=1, le=64)
     """Concurrent PutRecords requests ("lanes"). Each shard (learnt with ListShards at
     start) is written by one lane only, and a partition key always uses the same lane, so
