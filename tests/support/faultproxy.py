@@ -11,7 +11,8 @@ under test and moto and dial in the faults real Kinesis produces::
 Faults (each a share between 0 and 1, drawn per request or per entry):
 
 ``partial``
-    Share of PutRecords *entries* answered ``ProvisionedThroughputExceededException``.
+    Share of PutRecords *entries* answered ``ProvisionedThroughputExceededException``
+    (or ``partial_code``).
     Those entries are removed from the request before it is forwarded, and failure
     entries are spliced into moto's answer at their positions, so moto never stores
     them: exactly what Kinesis does.
@@ -180,9 +181,12 @@ class FaultProxy:
         slow: float = 0.0,
         slow_seconds: float = 0.0,
         targets: Iterable[str] | None = ("PutRecords",),
+        partial_code: str = "ProvisionedThroughputExceededException",
     ) -> None:
-        """Replace every fault setting at once (all off by default)."""
+        """Replace every fault setting at once (all off by default). ``partial_code`` is
+        the ``ErrorCode`` of the failed entries (Kinesis also uses ``InternalFailure``)."""
         with self._lock:
+            self._partial_code = partial_code
             self._faults = {
                 "partial": partial,
                 "error": error,
@@ -296,13 +300,17 @@ class FaultProxy:
         req["Records"] = keep
         return json.dumps(req).encode(), throttled
 
-    @staticmethod
-    def _splice(payload: bytes | None, throttled: list[int]) -> bytes:
+    def _splice(self, payload: bytes | None, throttled: list[int]) -> bytes:
         upstream = json.loads(payload) if payload else {"FailedRecordCount": 0, "Records": []}
         ok = iter(upstream.get("Records", []))
         total = len(upstream.get("Records", [])) + len(throttled)
         marks = set(throttled)
-        records = [dict(THROTTLED) if i in marks else next(ok) for i in range(total)]
+        with self._lock:
+            code = self._partial_code
+        failed = {"ErrorCode": code, "ErrorMessage": f"{code} (injected by faultproxy)"}
+        if code == THROTTLED["ErrorCode"]:
+            failed = dict(THROTTLED)
+        records = [dict(failed) if i in marks else next(ok) for i in range(total)]
         upstream["Records"] = records
         upstream["FailedRecordCount"] = int(upstream.get("FailedRecordCount", 0)) + len(throttled)
         return json.dumps(upstream).encode()

@@ -161,3 +161,46 @@ def test_a_write_blocked_by_backpressure_returns_when_the_operator_insists(
     sink.flush(1)
     sink.close()
     assert sink.stats.delivered == 0
+
+
+def test_entries_failing_with_internal_failure_are_retried(moto, kinesis, proxy, make_stream):
+    stream = make_stream(1)
+    proxy.set_faults(partial=0.3, partial_code="InternalFailure")
+    sink = _sink(proxy.url, stream)
+    sink.write(_envelopes(500))
+    sink.flush(20)
+    sink.close()
+    assert sink.stats.delivered == 500 and sink.stats.dead_lettered == 0
+    assert sink.stats.retried == proxy.counters()["entries_throttled"] > 50
+    assert len(read_stream(kinesis, stream)) == 500
+
+
+def test_entries_rejected_as_invalid_are_dead_lettered_and_the_rest_delivered(
+    tmp_path, moto, kinesis, proxy, make_stream
+):
+    stream = make_stream(1)
+    proxy.set_faults(partial=0.1, partial_code="ValidationException")
+    cfg = KinesisConfig(
+        type="kinesis",
+        stream_name=stream,
+        region="us-east-1",
+        endpoint_url=proxy.url,
+        access_key_id="testing",
+        secret_access_key="testing",
+        linger_ms=10,
+        connection_test=False,
+    )
+    dead = tmp_path / "dead.jsonl"
+    sink = KinesisSink(cfg, SinkContext("cloud", "gw", dead_letter_path=dead))
+    sink.open()
+    sink.check()
+    sink.write(_envelopes(500))
+    sink.flush(20)
+    sink.close()
+    rejected = proxy.counters()["entries_throttled"]
+    assert rejected > 10
+    assert sink.stats.dead_lettered == rejected and sink.stats.retried == 0
+    assert sink.stats.delivered == 500 - rejected
+    assert len(dead.read_bytes().splitlines()) == rejected
+    assert b"rejected by Kinesis: ValidationException" in dead.read_bytes()
+    assert len(read_stream(kinesis, stream)) == 500 - rejected
