@@ -238,7 +238,12 @@ def test_a_second_signal_ends_the_flush_at_once_and_reports_what_is_left(
             stderr=subprocess.PIPE,
             env=cli_env(),
         )
-        time.sleep(2.0)  # input consumed; the sink is flushing, retrying every request
+        # wait until the sink is retrying failed requests: input consumed, final flush on
+        deadline = time.monotonic() + 30
+        while proxy.counters().get("errors", 0) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.3)
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
