@@ -8,14 +8,14 @@ Data flow::
 
 * Each partition key (host/machine) always maps to the same *lane*; a lane has one
   sender thread and at most one PutRecords request in flight, so the records of one
-  machine leave in the order they were written. ``max_in_flight`` lanes run at once.
+  machine leave in the order they were written. ``max_in_flight`` lanes run at once,
+  assigned by shard (ListShards at start) so that no two write to the same shard.
 * A lane sends a batch when it holds ``max_batch_records`` records or
   ``max_batch_bytes`` bytes, when its oldest record has waited ``linger_ms``, or at
   once during a flush.
 * Only failed entries are retried: they go back to the *front* of their lane and lead
-  the next request, after a backoff with full jitter. A retried record can therefore
-  arrive after records that were in the same request behind it, never after records
-  of a later request.
+  the next request, after a backoff with full jitter. Only records accepted in a
+  request where a record failed can overtake it (those behind it in that request).
 * Records Kinesis can never accept go to the dead letter, with the reason.
 """
 
