@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import urllib.request
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
+
+from tests.support.streams import new_stream, read_stream  # noqa: F401 - re-exported
 
 BIN = Path(sys.executable).parent
 SPARK_SINKS = str(BIN / "spark-sinks")
@@ -120,42 +121,6 @@ def run_cli(
         env=env or cli_env(),
         check=False,
     )
-
-
-def new_stream(client: Any, shards: int = 4) -> str:
-    name = f"spark-test-{uuid.uuid4().hex[:10]}"
-    client.create_stream(StreamName=name, ShardCount=shards)
-    client.get_waiter("stream_exists").wait(
-        StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
-    )
-    return name
-
-
-def read_stream(client: Any, stream: str) -> list[dict[str, Any]]:
-    """Every record of every shard, in shard order then sequence order:
-    ``{"shard", "key", "seq", "raw", "envelope"}``."""
-    out: list[dict[str, Any]] = []
-    shards = client.list_shards(StreamName=stream)["Shards"]
-    for shard in shards:
-        it = client.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while it:
-            resp = client.get_records(ShardIterator=it, Limit=10_000)
-            for r in resp["Records"]:
-                out.append(
-                    {
-                        "shard": shard["ShardId"],
-                        "key": r["PartitionKey"],
-                        "seq": int(r["SequenceNumber"]),
-                        "raw": r["Data"],
-                        "envelope": orjson.loads(r["Data"]),
-                    }
-                )
-            if not resp["Records"]:
-                break
-            it = resp.get("NextShardIterator")
-    return out
 
 
 @contextlib.contextmanager
