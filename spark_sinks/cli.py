@@ -146,7 +146,8 @@ def check(config_path: Path) -> None:
             click.echo(f"sink {spec.name}: FAILED: {exc}")
             continue
         stop_sink(active)
-        click.echo(f"sink {spec.name}: ok")
+        detail = "" if active.checked == "ok" else f" ({active.checked})"
+        click.echo(f"sink {spec.name}: ok{detail}")
     sys.exit(1 if failed else 0)
 
 

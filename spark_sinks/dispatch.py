@@ -30,6 +30,8 @@ class ActiveSink:
     sink: Sink
     plugin: PluginInfo
     flush_timeout: float
+    checked: str = ""
+    """What the connection check reported (e.g. stream state and shard count)."""
     _last_log: float = field(default=0.0, repr=False)
     _suppressed: int = field(default=0, repr=False)
 

@@ -45,10 +45,11 @@ def start_sink(spec: SinkSpec, host: str, check: bool = True) -> ActiveSink:
     active.call("open", sink.open)
     if check:
         try:
-            active.call("check", sink.check)
+            active.checked = str(active.call("check", sink.check) or "ok")
         except SinkError:
             stop_sink(active)
             raise
+        log.info("sink %r ready: %s", spec.name, active.checked)
     return active
 
 

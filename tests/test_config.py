@@ -126,5 +126,5 @@ def test_cli_check_validates_and_reports_sinks(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     assert f"config: ok ({len(MACHINES)} machines, source ndjson)" in out
-    assert "sink out: ok" in out
+    assert "sink out: ok\n" in out
     assert "sink off: disabled" in out

@@ -57,7 +57,7 @@ def test_the_guide_example_runs_as_the_guide_says(guide_example, tmp_path):
     check = spark_sinks(env, "check", "-c", str(config))
     assert check.stdout.splitlines() == [
         "config: ok (1 machines, source simulator)",
-        "sink archive: ok",
+        f"sink archive: ok (writing {out})",
     ]
     result = spark_sinks(env, "run", "-c", str(config))
     assert result.returncode == 0, result.stderr
