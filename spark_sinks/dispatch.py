@@ -62,6 +62,8 @@ class Dispatcher:
     def __init__(self) -> None:
         self._sinks: dict[str, ActiveSink] = {}
         self._order: tuple[ActiveSink, ...] = ()
+        self._compact = False
+        """A buffered sink is active: compact envelopes once every sink has them."""
 
     @property
     def sinks(self) -> tuple[ActiveSink, ...]:
@@ -70,10 +72,12 @@ class Dispatcher:
     def add(self, active: ActiveSink) -> None:
         self._sinks[active.name] = active
         self._order = tuple(self._sinks.values())
+        self._compact = any(a.sink.buffered for a in self._order)
 
     def remove(self, name: str) -> ActiveSink | None:
         active = self._sinks.pop(name, None)
         self._order = tuple(self._sinks.values())
+        self._compact = any(a.sink.buffered for a in self._order)
         return active
 
     def dispatch(self, envelopes: list[Envelope]) -> None:
@@ -92,6 +96,9 @@ class Dispatcher:
             else:
                 if not sink.buffered:
                     stats.add("delivered", n)
+        if self._compact:
+            for e in envelopes:
+                e.compact()
 
     def _report(self, a: ActiveSink, exc: Exception, n: int) -> None:
         msg = f"{a.label()} failed in write: {a.describe(exc)}"

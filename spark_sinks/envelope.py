@@ -16,24 +16,42 @@ class Envelope:
 
     ``machine`` is carried beside the payload so that sinks can route (e.g.
     pick a partition key) without digging into ``data``. The JSON encoding is
-    computed once and shared by every sink.
+    computed once and shared by every sink. Once every sink has the envelope,
+    the core may ``compact`` it to its JSON alone: ``data`` is then decoded
+    again only if someone asks, so buffers of waiting envelopes hold bytes,
+    not dictionaries.
     """
 
-    __slots__ = ("_json", "data", "host", "machine", "type")
+    __slots__ = ("_data", "_json", "host", "machine", "type")
 
     def __init__(
         self,
         type: str,
         host: str,
-        data: dict[str, Any],
+        data: dict[str, Any] | None,
         machine: str | None = None,
         json: bytes | None = None,
     ) -> None:
+        if data is None and json is None:
+            raise ValueError("an envelope needs its data or its JSON")
         self.type = type
         self.host = host
-        self.data = data
+        self._data = data
         self.machine = machine
         self._json = json
+
+    @property
+    def data(self) -> dict[str, Any]:
+        d = self._data
+        if d is None:
+            d = self._data = orjson.loads(self._json)["data"]  # type: ignore[arg-type]
+        return d
+
+    def compact(self) -> None:
+        """Keep only the JSON (see the class docstring)."""
+        if self._json is None:
+            self._json = orjson.dumps(self.to_dict())
+        self._data = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "host": self.host, "data": self.data}
@@ -45,17 +63,20 @@ class Envelope:
         return self._json
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Envelope:
-        """Rebuild an envelope from its JSON (spool replay, tests, consumers)."""
+    def from_json(cls, raw: bytes | str, machine: str | None = None) -> Envelope:
+        """Rebuild an envelope from its JSON (spool replay, tests, consumers).
+
+        ``data`` stays encoded until asked for; pass ``machine`` when known."""
         obj = orjson.loads(raw)
-        data = obj["data"]
-        machine = data.get("machine") if isinstance(data, dict) else None
-        if machine is None and isinstance(data, dict):
-            info = data.get("info")
-            if isinstance(info, dict):
-                machine = info.get("name")
+        if machine is None:
+            data = obj["data"]
+            if isinstance(data, dict):
+                machine = data.get("machine")
+                info = data.get("info")
+                if machine is None and isinstance(info, dict):
+                    machine = info.get("name")
         raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
-        return cls(obj["type"], obj["host"], data, machine, raw_bytes)
+        return cls(obj["type"], obj["host"], None, machine, raw_bytes)
 
     def __repr__(self) -> str:
         return f"Envelope(type={self.type!r}, host={self.host!r}, machine={self.machine!r})"

@@ -245,8 +245,7 @@ class SpooledSink(Sink):
                 self._writing = True
             batch = []
             for rowid, machine, body in rows:
-                env = Envelope.from_json(body)
-                env.machine = machine
+                env = Envelope.from_json(body, machine)
                 self._rowids[id(env)] = rowid
                 batch.append(env)
             try:
