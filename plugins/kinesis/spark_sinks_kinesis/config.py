@@ -118,6 +118,12 @@ class KinesisConfig(SinkConfig):
     connection_test: bool = True
     """Put one ``connection_test`` record at start, as the original did."""
 
+    aggregation: Literal["none", "kpl"] = "none"
+    """``kpl``: pack the records of one partition key into KPL-format aggregated records
+    (readable by aws-kinesis-agg's deaggregator and the KCL), at most one aggregate per
+    key in a request, so that one machine's records keep their order even under retries.
+    ``max_batch_records`` then counts aggregates per request."""
+
     @field_validator("stream_name")
     @classmethod
     def _stream_name(cls, v: str) -> str:

@@ -17,6 +17,11 @@ Data flow::
   the next request, after a backoff with full jitter. Only records accepted in a
   request where a record failed can overtake it (those behind it in that request).
 * Records Kinesis can never accept go to the dead letter, with the reason.
+* With ``aggregation: kpl`` a request carries KPL aggregates instead: each holds the
+  leading queued records of one partition key, and a request holds at most one aggregate
+  per key. An aggregate is delivered or retried as a unit, so a failed aggregate is sent
+  again before anything later of its key: one machine's records keep their order even
+  under throttling (see ``aggregation.py`` and the README).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 
 from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
 
+from . import aggregation
 from .config import KinesisConfig
 from .keys import partition_key
 
@@ -78,6 +84,13 @@ CREDENTIAL_CODES = frozenset(
 ACCESS_CODES = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
 _LOG_EVERY = 10.0
+_AGG_SCAN_SKIPS = 5_000
+"""While building aggregates, stop scanning a lane's queue after passing over this many
+records of keys whose aggregate is already full (bounds the time the lock is held)."""
+
+Entry = tuple[Envelope, bytes, str, int, float]
+"""A queued record: ``(envelope, data, partition key, size, t_enqueued)``; ``size`` is
+the bytes of data and key."""
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
@@ -160,6 +173,16 @@ class KinesisSink(Sink):
         self._endpoint = config.endpoint_url
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._aggregate = config.aggregation == "kpl"
+        self._send_bytes = config.max_batch_bytes
+        """Queued bytes at which a lane sends at once."""
+        if self._aggregate:
+            # Aggregates make the record count irrelevant; send on bytes, but early enough
+            # that all lanes together never wait for a buffer that cannot fill.
+            self._send_bytes = min(
+                config.max_batch_bytes,
+                max(64 * 1024, config.max_buffered_bytes // (2 * len(self._lanes))),
+            )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -419,7 +442,7 @@ class KinesisSink(Sink):
     def _halted(self) -> bool:
         return self._abort or self.context.stopping.is_set()
 
-    def _next_batch(self, lane: _Lane) -> list[tuple[Envelope, bytes, str, int, float]] | None:
+    def _next_batch(self, lane: _Lane) -> list[Any] | None:
         """Wait (holding the lock) until the lane should send; None means exit."""
         cfg = self.config
         max_records = cfg.max_batch_records
@@ -437,14 +460,16 @@ class KinesisSink(Sink):
                 lane.cond.wait(min(lane.retry_at - now, 0.2))
                 continue
             if (
-                len(q) >= max_records
-                or lane.bytes >= max_bytes
+                (len(q) >= max_records and not self._aggregate)
+                or lane.bytes >= self._send_bytes
                 or self._flushing
                 or now - q[0][4] >= linger
             ):
                 break
             lane.cond.wait(min(linger - (now - q[0][4]), 0.2))
         limit = max_records if lane.split is None else lane.split
+        if self._aggregate:
+            return self._take_aggregates(lane, limit)
         batch = [q.popleft()]
         total = batch[0][3]
         while q and len(batch) < limit and total + q[0][3] <= max_bytes:
@@ -454,20 +479,121 @@ class KinesisSink(Sink):
         lane.bytes -= total
         return batch
 
+    def _take_aggregates(self, lane: _Lane, limit: int) -> list[list[Entry]]:
+        """Aggregation mode (holding the lock): for each key, in order of first appearance
+        in the queue, take its leading records that fit in one aggregate of at most
+        ``max_record_bytes``; at most ``limit`` keys and ``max_batch_bytes`` per request.
+        What is not taken stays queued in its order, so each key's taken records are the
+        oldest of that key."""
+        cfg = self.config
+        max_record = cfg.max_record_bytes
+        budget = cfg.max_batch_bytes
+        entry_bytes = aggregation.entry_bytes
+        q = lane.queue
+        groups: dict[str, list[Entry]] = {}
+        sizes: dict[str, int] = {}
+        """Size of each key's aggregate (data plus key); absent once the key is full."""
+        skipped: list[Entry] = []
+        taken = 0  # bytes of the records taken, as counted in lane.bytes
+        request = 0  # bytes of the request, counting every group as an aggregate
+        while q:
+            e = q[0]
+            key = e[2]
+            size = sizes.get(key)
+            if size is None:
+                if key in groups or len(groups) >= limit:
+                    # this key's aggregate is full, or the request has no room for another
+                    skipped.append(q.popleft())
+                    if len(skipped) > _AGG_SCAN_SKIPS or (len(groups) >= limit and not sizes):
+                        break
+                    continue
+                klen = e[3] - len(e[1])
+                size = aggregation.overhead_bytes(klen) + klen + entry_bytes(len(e[1]))
+                if groups and request + size > budget:
+                    break
+                q.popleft()
+                groups[key] = [e]
+                taken += e[3]
+                request += size
+                if size < max_record:
+                    sizes[key] = size
+                # else: alone it is sent as a plain record (e[3] <= max_record_bytes)
+                continue
+            inc = entry_bytes(len(e[1]))
+            if size + inc > max_record:
+                del sizes[key]
+                skipped.append(q.popleft())
+                if len(groups) >= limit and not sizes:
+                    break  # every aggregate of this request is full
+                continue
+            if request + inc > budget:
+                break
+            q.popleft()
+            groups[key].append(e)
+            sizes[key] = size + inc
+            taken += e[3]
+            request += inc
+        if skipped:
+            q.extendleft(reversed(skipped))
+        lane.bytes -= taken
+        return list(groups.values())
+
+    @staticmethod
+    def _encode(groups: list[list[Entry]]) -> list[Any]:
+        """One Kinesis record per group, shaped like an entry whose first item is the group:
+        a KPL aggregate, or the plain record when the group has one record."""
+        units: list[Any] = []
+        for members in groups:
+            first = members[0]
+            if len(members) == 1:
+                units.append((members, first[1], first[2], first[3], first[4]))
+                continue
+            key = first[2]
+            raw = key.encode("utf-8")
+            data = aggregation.encode(raw, [m[1] for m in members])
+            units.append((members, data, key, len(data) + len(raw), first[4]))
+        return units
+
+    @staticmethod
+    def _expand(out: _Outcome) -> None:
+        """Turn an outcome over aggregates into one over their records."""
+        delivered: list[Envelope] = []
+        freed = 0
+        for members in out.delivered:
+            delivered.extend([m[0] for m in members])  # type: ignore[union-attr]
+            freed += sum([m[3] for m in members])  # type: ignore[union-attr]
+        dead: list[tuple[Envelope, str]] = []
+        for members, reason in out.dead:
+            for m in members:  # type: ignore[union-attr]
+                dead.append((m[0], reason))
+                freed += m[3]
+        out.delivered = delivered
+        out.dead = dead
+        out.requeue = [m for unit in out.requeue for m in unit[0]]  # type: ignore[union-attr]
+        out.freed = freed
+
     def _run_lane(self, lane: _Lane) -> None:
         while True:
             with self._lock:
                 batch = self._next_batch(lane)
             if batch is None:
                 return
+            units: Any = batch
             try:
-                outcome = self._send(lane, batch)
+                if self._aggregate:
+                    units = self._encode(batch)  # type: ignore[arg-type]
+                outcome = self._send(lane, units)
             except Exception as exc:  # a bug must not lose records: keep them, retry slowly
                 log.exception("unexpected error in the Kinesis sender")
                 self.stats.error(f"unexpected error in the sender: {type(exc).__name__}: {exc}")
                 outcome = _Outcome()
-                outcome.requeue = batch
+                outcome.requeue = units
                 outcome.slow = True
+            if self._aggregate:
+                if units is batch:  # encoding failed: requeue the records as they were
+                    outcome.requeue = [m for g in batch for m in g]  # type: ignore[union-attr]
+                else:
+                    self._expand(outcome)
             self._settle(lane, outcome)
 
     def _send(self, lane: _Lane, batch: list[tuple[Envelope, bytes, str, int, float]]) -> _Outcome:
