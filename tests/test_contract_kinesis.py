@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import uuid
-
 import pytest
 import spark_sinks_kinesis
 from spark_sinks_kinesis import KinesisSink
 
 from spark_sinks.testing import MISSING, Invalid, SinkContract
+from tests.support.streams import new_stream, read_stream
 
 
 class TestKinesisSinkContract(SinkContract):
@@ -25,10 +23,8 @@ class TestKinesisSinkContract(SinkContract):
 
     @pytest.fixture
     def sink_config(self, moto, aws_env):
-        name = f"contract-{uuid.uuid4().hex[:8]}"
         client = moto.client("kinesis")
-        client.create_stream(StreamName=name, ShardCount=2)
-        client.get_waiter("stream_exists").wait(StreamName=name)
+        name = new_stream(client, shards=2)
         yield {
             "stream_name": name,
             "region": "us-east-1",
@@ -42,19 +38,4 @@ class TestKinesisSinkContract(SinkContract):
     def read_back(self, moto, sink_config):
         client = moto.client("kinesis")
         stream = sink_config["stream_name"]
-
-        def read():
-            out = []
-            for shard in client.list_shards(StreamName=stream)["Shards"]:
-                it = client.get_shard_iterator(
-                    StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-                )["ShardIterator"]
-                while it:
-                    page = client.get_records(ShardIterator=it, Limit=10_000)
-                    out.extend(json.loads(r["Data"]) for r in page["Records"])
-                    if not page["Records"]:
-                        break
-                    it = page.get("NextShardIterator")
-            return out
-
-        return read
+        return lambda: [r["envelope"] for r in read_stream(client, stream)]
