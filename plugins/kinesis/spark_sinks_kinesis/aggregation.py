@@ -69,17 +69,28 @@ def overhead_bytes(key_len: int) -> int:
     return len(MAGIC) + 1 + varint_len(key_len) + key_len + DIGEST_BYTES
 
 
+class _Heads(dict[int, bytes]):
+    """The bytes before a record's data, by data length: the ``records`` tag and length,
+    ``partition_key_index = 0``, the ``data`` tag and length."""
+
+    def __missing__(self, n: int) -> bytes:
+        head = varint(n)
+        out = _RECORD_TAG + varint(3 + len(head) + n) + _RECORD_HEAD + head
+        if len(self) < 65_536:
+            self[n] = out
+        return out
+
+
+_HEADS = _Heads()
+
+
 def encode(key: bytes, datas: Iterable[bytes]) -> bytes:
     """The aggregated record of ``datas`` (in order), all with partition key ``key``."""
-    parts = [_KEY_TAG, varint(len(key)), key]
+    heads = _HEADS
+    parts = [_KEY_TAG + varint(len(key)) + key]
     append = parts.append
     for d in datas:
-        n = len(d)
-        head = varint(n)
-        append(_RECORD_TAG)
-        append(varint(3 + len(head) + n))
-        append(_RECORD_HEAD)
-        append(head)
+        append(heads[len(d)])
         append(d)
     body = b"".join(parts)
     return b"".join((MAGIC, body, hashlib.md5(body, usedforsecurity=False).digest()))

@@ -323,3 +323,27 @@ def test_aggregation_accepts_only_none_or_kpl():
     assert KinesisConfig(**base, aggregation="kpl").aggregation == "kpl"
     with pytest.raises(ValidationError, match="aggregation"):
         KinesisConfig(**base, aggregation="zip")
+
+
+@pytest.mark.parametrize(
+    "lengths", [[0, 1, 2], [117, 118, 124, 125, 127, 128], [16_370, 16_384, 70_000]]
+)
+def test_the_encoder_round_trips_every_length_and_predicts_its_size(lengths):
+    key = "gw/" + "k" * 200  # a long key: its length needs two varint bytes
+    datas = [bytes([65 + i % 26]) * n for i, n in enumerate(lengths)]
+    blob = aggregation.encode(key.encode(), datas)
+    assert len(blob) == aggregation.overhead_bytes(len(key)) + sum(
+        aggregation.entry_bytes(n) for n in lengths
+    )
+    event = {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": key,
+            "sequenceNumber": "1",
+            "approximateArrivalTimestamp": 0,
+            "data": base64.b64encode(blob).decode(),
+        }
+    }
+    users = list(iter_deaggregate_records(event))
+    assert [base64.b64decode(u["kinesis"]["data"]) for u in users] == datas
+    assert {u["kinesis"]["partitionKey"] for u in users} == {key}
