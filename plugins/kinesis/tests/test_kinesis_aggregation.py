@@ -347,3 +347,42 @@ def test_the_encoder_round_trips_every_length_and_predicts_its_size(lengths):
     users = list(iter_deaggregate_records(event))
     assert [base64.b64decode(u["kinesis"]["data"]) for u in users] == datas
     assert {u["kinesis"]["partitionKey"] for u in users} == {key}
+
+
+def test_an_aggregate_rejected_as_invalid_dead_letters_all_its_records_and_only_them(
+    tmp_path, moto, kinesis, proxy, make_stream
+):
+    stream = make_stream(2)
+    proxy.set_faults(partial=0.2, partial_code="ValidationException")
+    dead = tmp_path / "dead.jsonl"
+    cfg = KinesisConfig(
+        type="kinesis",
+        stream_name=stream,
+        region="us-east-1",
+        endpoint_url=proxy.url,
+        access_key_id="testing",
+        secret_access_key="testing",
+        linger_ms=10,
+        connection_test=False,
+        aggregation="kpl",
+        max_record_bytes=4096,
+    )
+    sink = KinesisSink(cfg, SinkContext("cloud", "gw", dead_letter_path=dead))
+    sink.open()
+    sink.check()
+    envs = _envelopes(1_000, 4)
+    for i in range(0, 1_000, 100):
+        sink.write(envs[i : i + 100])
+    sink.flush(20)
+    sink.close()
+
+    assert proxy.counters()["entries_throttled"] > 3  # aggregates rejected
+    lines = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
+    assert sink.stats.dead_lettered == len(lines) > 3 and sink.stats.retried == 0
+    assert sink.stats.delivered + sink.stats.dead_lettered == 1_000 and sink._pending == 0
+    assert all("rejected by Kinesis: ValidationException" in x["reason"] for x in lines)
+    read = read_aggregated(kinesis, stream)
+    stored = {env["data"]["time"] for r in read for _, env in r["users"]}
+    dead_times = {x["envelope"]["data"]["time"] for x in lines}
+    assert len(stored) == sink.stats.delivered
+    assert stored.isdisjoint(dead_times) and stored | dead_times == set(range(1_000))
