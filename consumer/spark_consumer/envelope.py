@@ -30,6 +30,9 @@ DYNAMODB_CONTEXT = decimal.Context(
     ],
 )
 
+_SMALLEST = Decimal("1E-130")
+_TOO_LARGE = Decimal("1E+126")
+
 # DynamoDB limits on key attributes, in UTF-8 bytes.
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
@@ -211,9 +214,14 @@ def _number(value: int | Decimal) -> Decimal | str:
     if number.is_zero():
         return Decimal(0)
     try:
-        return DYNAMODB_CONTEXT.create_decimal(number)
+        exact = DYNAMODB_CONTEXT.create_decimal(number)
     except decimal.DecimalException:
         return str(value)
+    # boto3's context still admits subnormals down to 1E-165 and 1E+126 itself;
+    # DynamoDB does not, so test its documented range too.
+    if not _SMALLEST <= abs(exact) < _TOO_LARGE:
+        return str(value)
+    return exact
 
 
 def _constant(name: str) -> str:
