@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+import orjson
+
 from . import timefmt
 from .envelope import METADATA, RECORD, Envelope
 from .machines import Machine, metadata_payload
@@ -35,7 +37,8 @@ class Assembler:
     def __init__(
         self, machines: dict[str, Machine], host: str, on_incomplete: OnIncomplete = "drop"
     ) -> None:
-        self.host = host
+        self._heads: dict[str, bytes] = {}
+        self._host = host
         self.on_incomplete = on_incomplete
         self.incomplete_dropped = 0
         self.incomplete_emitted = 0
@@ -52,6 +55,7 @@ class Assembler:
         became publishing or whose definition changed. Their open cycles restart."""
         old = self.machines
         self.machines = machines
+        self._build_heads()
         out = []
         for name, m in machines.items():
             if not m.publishing:
@@ -68,6 +72,25 @@ class Assembler:
         for name in old.keys() - machines.keys():
             self._cycles.pop(name, None)
         return out
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @host.setter
+    def host(self, host: str) -> None:
+        self._host = host
+        self._build_heads()
+
+    def _build_heads(self) -> None:
+        """Each machine's record JSON up to its time: records are encoded from
+        pre-encoded parts, without building the envelope's dictionaries."""
+        host = orjson.dumps(self._host)
+        self._heads = {
+            name: b'{"type":"record","host":%b,"data":{"machine":%b,"time":'
+            % (host, orjson.dumps(name))
+            for name in self.machines
+        }
 
     def metadata(self, machine: Machine) -> Envelope:
         return Envelope(METADATA, self.host, metadata_payload(machine, self.machines), machine.name)
@@ -138,9 +161,17 @@ class Assembler:
             var = variables.get(k)
             if var is None:
                 raise InputError(f"machine {m.name!r} has no variable {k!r}")
-            if type(v) not in var.plain and not var.check(v):
-                raise InputError(f"{m.name}.{k}: {v!r} is not a valid {var.format}")
-        t = time if type(time) is str and _canonical(time) else _time(time)
+            tv = type(v)
+            if tv not in var.plain:
+                r = var.int_range
+                if not (r and tv is int and r[0] <= v <= r[1]) and not var.check(v):
+                    raise InputError(f"{m.name}.{k}: {v!r} is not a valid {var.format}")
+        if type(time) is str and _canonical(time):
+            t = time
+        elif type(time) is int:
+            t = timefmt.format_ms(time)
+        else:
+            t = _time(time)
         if len(values) != len(variables):
             missing = ", ".join(sorted(variables.keys() - values.keys()))
             if self.on_incomplete == "drop":
@@ -168,13 +199,28 @@ class Assembler:
         return out
 
     def _record(self, m: Machine, time: str | None, values: dict[str, Any]) -> Envelope:
-        variables = m.variables
-        attributes = {}
-        for k, var in variables.items():  # config order, whatever the arrival order
-            if k in values:
-                attributes[k] = dict(var.attribute, value=values[k])
-        data = {"machine": m.name, "time": time or timefmt.now(), "attributes": attributes}
-        return Envelope(RECORD, self.host, data, m.name)
+        """Encode the record envelope directly: the same bytes as ``orjson.dumps`` of
+        its dictionary (tests compare both), at a fraction of the cost; ``data`` is
+        decoded only if a sink asks for it."""
+        dumps = orjson.dumps
+        try:
+            body = b"},".join(
+                [  # config order, whatever the arrival order
+                    var.json_prefix + dumps(values[k])
+                    for k, var in m.variables.items()
+                    if k in values
+                ]
+            )
+        except TypeError as exc:  # e.g. an integer beyond 64 bits for a float variable
+            raise InputError(f"{m.name}: a value cannot be encoded: {exc}") from None
+        raw = (
+            self._heads[m.name]
+            + dumps(time or timefmt.now())
+            + b',"attributes":{'
+            + body
+            + (b"}}}}" if body else b"}}}")
+        )
+        return Envelope(RECORD, self._host, None, m.name, raw)
 
 
 def _time(value: Any) -> str:

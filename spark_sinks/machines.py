@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 _INT_RANGES = {
     "int8": (-(2**7), 2**7 - 1),
     "int16": (-(2**15), 2**15 - 1),
@@ -65,6 +67,10 @@ class Variable:
     """Template of this variable's entry in a record's ``attributes``, without the value."""
     plain: frozenset[type] = field(repr=False, default=frozenset())
     """Types always valid for this format: the hot path tests these before ``check``."""
+    int_range: tuple[int, int] | None = field(repr=False, default=None)
+    """For integer formats: the bounds, tested inline on the hot path."""
+    json_prefix: bytes = field(repr=False, default=b"")
+    """This variable's attribute as JSON up to its value: ``"name":{...,"value":``."""
 
 
 def _plain_types(fmt: str) -> frozenset[type]:
@@ -102,6 +108,10 @@ def make_variable(definition: dict[str, Any]) -> Variable:
         check=value_check(definition["format"]),
         attribute=attribute,
         plain=_plain_types(definition["format"]),
+        int_range=_INT_RANGES.get(definition["format"]),
+        json_prefix=(
+            orjson.dumps(definition["name"]) + b":" + orjson.dumps(attribute)[:-1] + b',"value":'
+        ),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -210,3 +211,54 @@ def test_any_interleaving_of_complete_cycles_yields_every_record(data):
     assert counts == list(range(cycles))
     assert states == [str(i) for i in range(cycles)]
     assert a.incomplete_dropped == 0
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    values=st.lists(_json_values, min_size=3, max_size=3), desc=st.text(), name=st.text(min_size=1)
+)
+def test_records_are_encoded_exactly_as_json_of_their_dictionary(values, desc, name):
+    """Records are encoded from pre-encoded parts; the bytes must be those of the dict."""
+    defs = {
+        name: {
+            "info": {"name": name, "note": desc},
+            "variables": {
+                "a": {"format": "object", "description": desc},
+                'b"\\': {"format": "any"},
+                "c": {"format": "object"},
+            },
+        }
+    }
+    a = Assembler(machines(defs), f"gw-{desc}")
+    keys = ["c", "a", 'b"\\']
+    [env] = a.feed({"machine": name, "time": T0, "values": dict(zip(keys, values, strict=True))})
+    expected = {
+        "type": "record",
+        "host": f"gw-{desc}",
+        "data": {
+            "machine": name,
+            "time": T0,
+            "attributes": {
+                "a": {"name": "a", "description": desc, "format": "object", "value": values[1]},
+                'b"\\': {"name": 'b"\\', "format": "any", "value": values[2]},
+                "c": {"name": "c", "format": "object", "value": values[0]},
+            },
+        },
+    }
+    assert env.to_json() == orjson.dumps(expected)
+    assert env.data == expected["data"]
+
+
+def test_a_value_json_cannot_hold_is_rejected_not_crashing():
+    with pytest.raises(InputError, match="cannot be encoded"):
+        make().feed({"machine": "press-2", "values": {"temperature": 2**70, "state": "x"}})
