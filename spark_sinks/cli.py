@@ -140,7 +140,7 @@ def check(config_path: Path) -> None:
             click.echo(f"sink {spec.name}: disabled")
             continue
         try:
-            active = start_sink(spec, config.host)
+            active = start_sink(spec, config.host, probe=True)
         except SparkSinksError as exc:
             failed += 1
             click.echo(f"sink {spec.name}: FAILED: {exc}")

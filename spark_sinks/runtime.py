@@ -30,8 +30,12 @@ EXIT_CONFIG = 2
 EXIT_REJECTED_INPUT = 3
 
 
-def start_sink(spec: SinkSpec, host: str, check: bool = True) -> ActiveSink:
-    """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it."""
+def start_sink(spec: SinkSpec, host: str, check: bool = True, probe: bool = False) -> ActiveSink:
+    """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it.
+
+    A spooled sink whose check fails still starts, since its spool holds what it cannot
+    deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a running
+    process may own it, and a check must not deliver what it holds."""
     cls = spec.provided.cls
     ctx = SinkContext(spec.name, host, spec.config.dead_letter)
     label = f"sink {spec.name!r} ({cls.type_name} from {spec.provided.plugin.distribution})"
@@ -39,14 +43,20 @@ def start_sink(spec: SinkSpec, host: str, check: bool = True) -> ActiveSink:
         sink = cls(spec.config, ctx)
     except Exception as exc:
         raise SinkError(f"{label} failed to initialise: {type(exc).__name__}: {exc}") from exc
-    if spec.config.spool is not None:
+    if spec.config.spool is not None and not probe:
         sink = SpooledSink(sink, Spool(spec.config.spool.path, spec.name, spec.config.spool))
     active = ActiveSink(spec.name, sink, spec.provided.plugin, spec.config.flush_timeout)
     active.call("open", sink.open)
     if check:
         try:
             active.checked = str(active.call("check", sink.check) or "ok")
-        except SinkError:
+        except SinkError as exc:
+            if isinstance(sink, SpooledSink):
+                # A gateway that boots before its network must not refuse to run: the
+                # spool keeps everything until the destination answers.
+                log.error("%s; starting anyway, the spool keeps everything until it works", exc)
+                active.checked = f"not reachable yet: {exc}"
+                return active
             stop_sink(active)
             raise
         log.info("sink %r ready: %s", spec.name, active.checked)

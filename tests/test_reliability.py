@@ -235,3 +235,35 @@ def test_a_corrupt_spool_file_gives_a_clean_start(tmp_path, kinesis, moto):
     assert "Traceback" not in err
     assert sorted(seqs(kinesis, stream)) == list(range(10))
     assert list(spool.glob("cloud.spool.sqlite3.corrupt-*"))
+
+
+def test_with_a_spool_a_sink_unreachable_at_start_runs_and_delivers_once_reachable(
+    tmp_path, kinesis, proxy
+):
+    """A gateway often boots before its network: with a spool, spark-sinks starts anyway."""
+    stream = new_stream(kinesis, shards=2)
+    # one lane: without the shard map (the check failed) two lanes could share a shard,
+    # and moto's PutRecords is not safe under concurrent writes to one shard
+    cfg = write_config(tmp_path, stream, proxy.url, max_in_flight=1)
+    proxy.refuse_connections(True)
+    proc = start(cfg)
+    proc.stdin.write(b"".join(line(i) for i in range(50)))
+    proc.stdin.flush()
+    wait_until(lambda: (s := status(tmp_path)) and s["accepted"] >= 54, what="records spooled")
+    assert seqs(kinesis, stream) == []
+    proxy.refuse_connections(False)
+    wait_until(lambda: (s := status(tmp_path)) and s["delivered"] >= 54, what="delivery")
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    proc.wait(60)
+    assert proc.returncode == 0, err
+    assert "starting anyway, the spool keeps everything until it works" in err
+    assert sorted(set(seqs(kinesis, stream))) == list(range(50))
+
+
+def test_check_never_touches_the_spool_of_a_running_process(tmp_path, kinesis, moto):
+    stream = new_stream(kinesis, shards=1)
+    cfg = write_config(tmp_path, stream, moto.url)
+    result = run_cli("check", "-c", str(cfg), env=ENV)
+    assert result.returncode == 0, result.stdout
+    assert not (tmp_path / "spool").exists()
