@@ -85,7 +85,7 @@ def run(config_path: Path) -> None:
         name = signal.Signals(signum).name
         if signals == 1:
             log.info("%s received: stopping the source, then flushing the sinks", name)
-            runtime.stop.set()
+            runtime.request_stop()
         else:
             log.warning("%s received again: giving up on what is still pending", name)
             runtime.force()

@@ -158,6 +158,12 @@ class Runtime:
             self.shutdown()
         return self.report()
 
+    def request_stop(self) -> None:
+        """A first signal: the source stops, and no sink waits for buffer space any more."""
+        self.stop.set()
+        for a in self.dispatcher.sinks:
+            a.sink.context.shutdown.set()
+
     def force(self) -> None:
         """A second signal: stop waiting on retries and flushes."""
         for a in self.dispatcher.sinks:

@@ -118,6 +118,9 @@ class SinkContext:
         self.log = logging.getLogger(f"spark_sinks.sink.{name}")
         self.stats = stats or SinkStats()
         self.dead_letter_path = dead_letter_path
+        self.shutdown = threading.Event()
+        """Set when the run is ending (first SIGINT/SIGTERM): a write must not wait for
+        buffer space any longer; the final flush, bounded by ``flush_timeout``, follows."""
         self.stopping = threading.Event()
         """Set when waiting must end now (a second SIGINT/SIGTERM): retry loops give up and
         flush returns, leaving what is undelivered to be reported."""

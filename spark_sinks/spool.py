@@ -180,6 +180,7 @@ class SpooledSink(Sink):
             while (
                 self.spool.bytes
                 and self.spool.bytes + need > cfg.max_bytes
+                and not self.context.shutdown.is_set()
                 and not self.context.stopping.is_set()
             ):
                 if cfg.on_full == "drop_oldest":

@@ -330,16 +330,18 @@ class KinesisSink(Sink):
         if not entries:
             return
         stopping = self.context.stopping
+        shutdown = self.context.shutdown
         touched: set[_Lane] = set()
         with self._lock:
             for env, data, key, size, lane in entries:
                 if self._buffered + size > bound and self._buffered:
                     for t in touched:
                         t.cond.notify()
-                    # Backpressure: wait for the senders. Nothing is dropped; only when the
-                    # operator insists on stopping is the bound exceeded, to be reported.
+                    # Backpressure: wait for the senders. Nothing is dropped; once the run is
+                    # ending the last batch goes over the bound (by one batch at most), so
+                    # that the flush deadline, not an endless wait, bounds the shutdown.
                     while self._buffered + size > bound and self._buffered:
-                        if stopping.is_set():
+                        if stopping.is_set() or shutdown.is_set():
                             break
                         self._not_full.wait(0.2)
                 lane.queue.append((env, data, key, size, now))
