@@ -9,12 +9,15 @@ import sys
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
 
 from tests.support.streams import new_stream, read_stream  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from spark_sinks_kinesis import KinesisSink
 
 BIN = Path(sys.executable).parent
 SPARK_SINKS = str(BIN / "spark-sinks")
@@ -141,3 +144,31 @@ def moto_auth(url: str) -> Iterator[None]:
         yield
     finally:
         post("inf")
+
+
+def open_sink(endpoint: str, stream: str, **settings: Any) -> KinesisSink:
+    """A KinesisSink opened and checked (which learns the shard map, as at a real start),
+    with test-friendly timings that ``settings`` may override."""
+    from spark_sinks_kinesis import KinesisConfig, KinesisSink
+
+    from spark_sinks import SinkContext
+
+    cfg = KinesisConfig(
+        type="kinesis",
+        stream_name=stream,
+        region="us-east-1",
+        endpoint_url=endpoint,
+        access_key_id="testing",
+        secret_access_key="testing",
+        **{
+            "linger_ms": 10,
+            "retry_base_ms": 20,
+            "retry_max_ms": 300,
+            "connection_test": False,
+            **settings,
+        },
+    )
+    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
+    sink.open()
+    sink.check()
+    return sink

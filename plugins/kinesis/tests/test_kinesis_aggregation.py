@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
-from kinesis_helpers import HOST, config, machine_names, records_ndjson, run_cli
+from kinesis_helpers import HOST, config, machine_names, open_sink, records_ndjson, run_cli
 from pydantic import ValidationError
 from spark_sinks_kinesis import KinesisConfig, KinesisSink, aggregation, partition_key
 
@@ -142,24 +142,7 @@ def test_aggregated_records_round_trip_through_aws_kinesis_agg_with_their_machin
 
 
 def _sink(endpoint: str, stream: str, **kw: Any) -> KinesisSink:
-    cfg = KinesisConfig(
-        type="kinesis",
-        stream_name=stream,
-        region="us-east-1",
-        endpoint_url=endpoint,
-        access_key_id="testing",
-        secret_access_key="testing",
-        linger_ms=10,
-        retry_base_ms=20,
-        retry_max_ms=300,
-        connection_test=False,
-        aggregation="kpl",
-        **kw,
-    )
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
-    sink.open()
-    sink.check()
-    return sink
+    return open_sink(endpoint, stream, **{"aggregation": "kpl", **kw})
 
 
 def _envelopes(n: int, machines: int, pad: int = 200) -> list[Envelope]:

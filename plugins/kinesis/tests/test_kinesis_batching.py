@@ -5,35 +5,18 @@ from __future__ import annotations
 import math
 import threading
 import time
+from typing import Any
 
-from kinesis_helpers import read_stream
+from kinesis_helpers import open_sink, read_stream
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
 from spark_sinks import Envelope, SinkContext
 
 
-def _sink(endpoint: str, stream: str, **kw) -> KinesisSink:
-    settings = {
-        "linger_ms": 10,
-        "retry_base_ms": 10,
-        "retry_max_ms": 100,
-        "connection_test": False,
-        "max_in_flight": 1,
-        **kw,
-    }
-    cfg = KinesisConfig(
-        type="kinesis",
-        stream_name=stream,
-        region="us-east-1",
-        endpoint_url=endpoint,
-        access_key_id="testing",
-        secret_access_key="testing",
-        **settings,
+def _sink(endpoint: str, stream: str, **kw: Any) -> KinesisSink:
+    return open_sink(
+        endpoint, stream, **{"retry_base_ms": 10, "retry_max_ms": 100, "max_in_flight": 1, **kw}
     )
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
-    sink.open()
-    sink.check()
-    return sink
 
 
 def _envelopes(n: int, machines: int = 5) -> list[Envelope]:

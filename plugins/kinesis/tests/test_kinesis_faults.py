@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
-from kinesis_helpers import config, moto_auth, read_stream, records_ndjson, run_cli
+from kinesis_helpers import config, moto_auth, open_sink, read_stream, records_ndjson, run_cli
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
 from spark_sinks import Envelope, SinkContext
@@ -62,24 +63,8 @@ def test_20000_records_all_arrive_through_throttling_errors_resets_and_slow_answ
     assert sum(1 for r in read if r["envelope"]["type"] == "metadata") >= machines
 
 
-def _sink(endpoint: str, stream: str, **kw) -> KinesisSink:
-    cfg = KinesisConfig(
-        type="kinesis",
-        stream_name=stream,
-        region="us-east-1",
-        endpoint_url=endpoint,
-        access_key_id="testing",
-        secret_access_key="testing",
-        linger_ms=10,
-        retry_base_ms=20,
-        retry_max_ms=200,
-        connection_test=False,
-        **kw,
-    )
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
-    sink.open()
-    sink.check()  # learns the shard map, as at a real start
-    return sink
+def _sink(endpoint: str, stream: str, **kw: Any) -> KinesisSink:
+    return open_sink(endpoint, stream, **{"retry_max_ms": 200, **kw})
 
 
 def _envelopes(n: int, size: int = 500, machines: int = 4) -> list[Envelope]:
