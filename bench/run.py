@@ -327,14 +327,14 @@ def case_bare_put_records(b: Bench) -> float:
     return ds.n / took
 
 
-def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
-    """``spark-sinks run``: ndjson file -> assembly -> kinesis sink, whole process."""
-    ds = b.dataset(n or b.records)
+def _run_spark_sinks(b: Bench, ndjson: Path, n: int, name: str, **sink: Any) -> float:
+    """``spark-sinks run`` of an NDJSON file of ``n`` records into the kinesis sink on a
+    fresh stream, as a whole process; returns its seconds, after checking the count."""
     stream = b.fresh_stream()
     cfg = {
         "host": HOST,
         "machines": machines_config(),
-        "source": {"type": "ndjson", "path": str(ds.ndjson)},
+        "source": {"type": "ndjson", "path": str(ndjson)},
         "sinks": {
             "cloud": {
                 "type": "kinesis",
@@ -346,7 +346,7 @@ def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
             }
         },
     }
-    path = b.work / "bench.yaml"
+    path = b.work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -357,8 +357,14 @@ def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
     exe = str(Path(sys.executable).parent / "spark-sinks")
     took, _ = b.run_proc([exe, "run", "-c", str(path)], env)
     got = b.count(stream)
-    assert got == ds.n + MACHINES, (got, ds.n + MACHINES)  # records + one metadata each
-    return ds.n / took
+    assert got == n + MACHINES, (got, n + MACHINES)  # records + one metadata each
+    return took
+
+
+def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
+    """``spark-sinks run``: ndjson file -> assembly -> kinesis sink, whole process."""
+    ds = b.dataset(n or b.records)
+    return ds.n / _run_spark_sinks(b, ds.ndjson, ds.n, "bench", **sink)
 
 
 def case_spark_sinks_run(b: Bench) -> float:
@@ -455,35 +461,8 @@ def rss_run(b: Bench, n: int) -> tuple[str, float, float]:
     """``spark-sinks run`` of ``n`` records into the kinesis sink with aggregation, on its
     own stream; (what, records/s, peak RSS in MB)."""
     path = write_items(b.work / f"rss-{n}.ndjson", n)
-    stream = b.fresh_stream()
-    cfg = {
-        "host": HOST,
-        "machines": machines_config(),
-        "source": {"type": "ndjson", "path": str(path)},
-        "sinks": {
-            "cloud": {
-                "type": "kinesis",
-                "stream_name": stream,
-                "region": "us-east-1",
-                "endpoint_url": b.moto.url,
-                "connection_test": False,
-                **KPL_SINK,
-            }
-        },
-    }
-    cfg_path = b.work / "rss.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "PATH": "/usr/bin:/bin",
-        "SPARK_SINKS_LOAD_PLUGINS": "kinesis",
-    }
-    exe = str(Path(sys.executable).parent / "spark-sinks")
     b.case = "rss"
-    took, _ = b.run_proc([exe, "run", "-c", str(cfg_path)], env)
-    got = b.count(stream)
-    assert got == n + MACHINES, (got, n + MACHINES)
+    took = _run_spark_sinks(b, path, n, "rss", **KPL_SINK)
     what = f"spark-sinks run, {n:,} records, kinesis sink as in (d)"
     return what, n / took, b.rss["rss"][-1]
 
