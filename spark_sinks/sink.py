@@ -4,10 +4,11 @@ Lifecycle, always in this order for one sink instance::
 
     open() -> check() -> write()* -> flush() -> close()
 
-``check`` is skipped when the sink's config says so; ``write`` may be called
-from one thread at a time only; ``flush`` may also be called between writes
-(e.g. before a live reconfiguration); ``close`` comes once, after the last
-``write`` and a final ``flush``.
+``check`` runs at every start (and for ``spark-sinks check``); ``write`` is
+called from one thread at a time only; ``flush`` may also be called between
+writes; ``close`` comes once, after the last ``write`` and a final ``flush``,
+also when ``check`` failed. ``context.shutdown`` is set when the run is
+ending and ``context.stopping`` when waiting must end now.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .envelope import Envelope
 
 
 class SpoolConfig(BaseModel):
+    """A sink's ``spool:`` block (the spool itself is ``spool.py``); any sink may have one."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path
