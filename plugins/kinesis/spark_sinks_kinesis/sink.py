@@ -41,7 +41,7 @@ from typing import Any
 from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
 
 from . import aggregation
-from .config import KinesisConfig
+from .config import KinesisConfig, shared_session
 from .keys import partition_key
 
 log = logging.getLogger(__name__)
@@ -192,18 +192,13 @@ class KinesisSink(Sink):
         import botocore.exceptions
 
         cfg = self.config
+        secret = cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
+        token = cfg.session_token.get_secret_value() if cfg.session_token else None
         try:
-            session = boto3.session.Session(
-                aws_access_key_id=cfg.access_key_id,
-                aws_secret_access_key=(
-                    cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
-                ),
-                aws_session_token=(
-                    cfg.session_token.get_secret_value() if cfg.session_token else None
-                ),
-                profile_name=cfg.profile,
-                region_name=cfg.region,
-            )
+            if cfg.profile is None:
+                session = shared_session()
+            else:
+                session = boto3.session.Session(profile_name=cfg.profile)
         except botocore.exceptions.ProfileNotFound:
             raise SinkError(
                 f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
@@ -222,7 +217,19 @@ class KinesisSink(Sink):
             tcp_keepalive=True,
         )
         try:
-            self._client = session.client("kinesis", endpoint_url=cfg.endpoint_url, config=conf)
+            self._client = session.client(
+                "kinesis",
+                region_name=cfg.region,
+                endpoint_url=cfg.endpoint_url,
+                aws_access_key_id=cfg.access_key_id,
+                aws_secret_access_key=secret,
+                aws_session_token=token,
+                config=conf,
+            )
+        except botocore.exceptions.ProfileNotFound:
+            raise SinkError(
+                f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise SinkError(f"cannot create the Kinesis client: {exc}") from None
         self._endpoint = self._client.meta.endpoint_url
