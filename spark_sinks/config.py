@@ -151,6 +151,8 @@ def validate_block(model: type[BaseModel], data: Any, prefix: str) -> Any:
 
 # -- loading -----------------------------------------------------------------------------
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def read_yaml(path: Path) -> Any:
     try:
@@ -160,7 +162,9 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        # safe_load's own loader, in C when libyaml is there: the same safe subset of YAML
+        # (no Python objects), a few times faster on configs with many machines.
+        return yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
