@@ -187,9 +187,9 @@ class KinesisSink(Sink):
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:
-        import boto3
         import botocore.config
         import botocore.exceptions
+        import botocore.session
 
         cfg = self.config
         secret = cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
@@ -198,7 +198,7 @@ class KinesisSink(Sink):
             if cfg.profile is None:
                 session = shared_session()
             else:
-                session = boto3.session.Session(profile_name=cfg.profile)
+                session = botocore.session.Session(profile=cfg.profile)
         except botocore.exceptions.ProfileNotFound:
             raise SinkError(
                 f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
@@ -217,7 +217,7 @@ class KinesisSink(Sink):
             tcp_keepalive=True,
         )
         try:
-            self._client = session.client(
+            self._client = session.create_client(
                 "kinesis",
                 region_name=cfg.region,
                 endpoint_url=cfg.endpoint_url,
