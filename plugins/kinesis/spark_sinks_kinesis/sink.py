@@ -40,7 +40,7 @@ from typing import Any
 
 from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
 
-from . import aggregation
+from . import aggregation, wire
 from .config import KinesisConfig, shared_session
 from .keys import partition_key
 
@@ -232,6 +232,7 @@ class KinesisSink(Sink):
             ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise SinkError(f"cannot create the Kinesis client: {exc}") from None
+        wire.install(self._client)
         self._endpoint = self._client.meta.endpoint_url
         for lane in self._lanes:
             lane.thread = threading.Thread(
