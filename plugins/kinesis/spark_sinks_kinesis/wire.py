@@ -10,9 +10,9 @@ aggregation, where requests are large, the whole run got about 8% faster
 Only the body of PutRecords changes. botocore still builds everything else (target,
 content type, URL, any other parameter) through its own serializer, then signs, sends,
 retries and parses as usual. The wrapper is installed only on clients that speak
-botocore's ``json`` protocol and expose the serializer; otherwise botocore is left
-as it is. ``tests/test_kinesis_wire.py`` checks that the body is the same JSON botocore
-would have sent.
+botocore's ``json`` protocol and expose the serializer; otherwise botocore is left as it
+is. ``tests/test_kinesis_wire.py`` (in this distribution) checks that the body is the
+same JSON botocore would have sent, so a botocore upgrade that changes it fails there.
 """
 
 from __future__ import annotations
