@@ -60,6 +60,7 @@ from spark_sinks_kinesis import partition_key  # noqa: E402
 from spark_sinks.assembly import Assembler  # noqa: E402
 from spark_sinks.config import MachineConfig, build_machines  # noqa: E402
 from tests.support.moto_server import MotoServer  # noqa: E402
+from tests.support.streams import shard_records  # noqa: E402
 
 HOST = "bench-gw"
 MACHINES = 20
@@ -281,17 +282,7 @@ class Bench:
         """User records in the stream (those inside KPL aggregates counted one by one), read
         back over every shard; the stream is then deleted."""
         c = self.client()
-        total = 0
-        for shard in c.list_shards(StreamName=stream)["Shards"]:
-            it = c.get_shard_iterator(
-                StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            while it:
-                recs = c.get_records(ShardIterator=it, Limit=10_000)
-                if not recs["Records"]:
-                    break
-                total += sum(user_records(r["Data"]) for r in recs["Records"])
-                it = recs.get("NextShardIterator")
+        total = sum(user_records(r["Data"]) for _, r in shard_records(c, stream))
         c.delete_stream(StreamName=stream)
         return total
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from spark_sinks_kinesis import KinesisConfig, KinesisSink, aggregation, partition_key
 
 from spark_sinks import Envelope, SinkContext
+from tests.support.streams import shard_records
 
 
 def read_aggregated(client: Any, stream: str) -> list[dict[str, Any]]:
@@ -33,41 +34,29 @@ def read_aggregated(client: Any, stream: str) -> list[dict[str, Any]]:
     aws-kinesis-agg deaggregates them: ``{"shard", "key", "size", "aggregated", "users"}``
     where ``users`` is a list of ``(partition key, envelope)``."""
     out: list[dict[str, Any]] = []
-    for shard in client.list_shards(StreamName=stream)["Shards"]:
-        it = client.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while it:
-            resp = client.get_records(ShardIterator=it, Limit=10_000)
-            for r in resp["Records"]:
-                event = {
-                    "kinesis": {
-                        "kinesisSchemaVersion": "1.0",
-                        "partitionKey": r["PartitionKey"],
-                        "sequenceNumber": r["SequenceNumber"],
-                        "approximateArrivalTimestamp": 0,
-                        "data": base64.b64encode(r["Data"]).decode(),
-                    }
-                }
-                users = [
-                    (
-                        u["kinesis"]["partitionKey"],
-                        orjson.loads(base64.b64decode(u["kinesis"]["data"])),
-                    )
-                    for u in iter_deaggregate_records(event)
-                ]
-                out.append(
-                    {
-                        "shard": shard["ShardId"],
-                        "key": r["PartitionKey"],
-                        "size": len(r["Data"]) + len(r["PartitionKey"].encode()),
-                        "aggregated": r["Data"][:4] == aggregation.MAGIC,
-                        "users": users,
-                    }
-                )
-            if not resp["Records"]:
-                break
-            it = resp.get("NextShardIterator")
+    for shard, r in shard_records(client, stream):
+        event = {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": r["PartitionKey"],
+                "sequenceNumber": r["SequenceNumber"],
+                "approximateArrivalTimestamp": 0,
+                "data": base64.b64encode(r["Data"]).decode(),
+            }
+        }
+        users = [
+            (u["kinesis"]["partitionKey"], orjson.loads(base64.b64decode(u["kinesis"]["data"])))
+            for u in iter_deaggregate_records(event)
+        ]
+        out.append(
+            {
+                "shard": shard,
+                "key": r["PartitionKey"],
+                "size": len(r["Data"]) + len(r["PartitionKey"].encode()),
+                "aggregated": r["Data"][:4] == aggregation.MAGIC,
+                "users": users,
+            }
+        )
     return out
 
 
