@@ -25,7 +25,7 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-_RECORD_KEYS = ("Data", "PartitionKey", "ExplicitHashKey")
+_RECORD_KEYS = frozenset({"Data", "PartitionKey", "ExplicitHashKey"})
 _PLACEHOLDER = [{"Data": b"", "PartitionKey": "-"}]
 
 
@@ -46,18 +46,18 @@ class PutRecordsSerializer:
         records = parameters.get("Records")
         if operation_model.name != "PutRecords" or not isinstance(records, list):
             return self.inner.serialize_to_request(parameters, operation_model)
+        encoded = []
         for r in records:
-            if not isinstance(r, dict) or not r.keys() <= set(_RECORD_KEYS):
+            if not isinstance(r, dict) or not r.keys() <= _RECORD_KEYS:
                 # something this wrapper was not written for: botocore decides
                 return self.inner.serialize_to_request(parameters, operation_model)
+            encoded.append({k: (_b64(v) if k == "Data" else v) for k, v in r.items()})
         # botocore serializes the rest, around one empty record (valid for its validator)
         request = self.inner.serialize_to_request(
             {**parameters, "Records": _PLACEHOLDER}, operation_model
         )
         body = orjson.loads(request["body"])
-        body["Records"] = [
-            {k: (_b64(v) if k == "Data" else v) for k, v in r.items()} for r in records
-        ]
+        body["Records"] = encoded
         request["body"] = orjson.dumps(body)
         return request
 
@@ -65,8 +65,8 @@ class PutRecordsSerializer:
 def install(client: Any) -> bool:
     """Put the orjson body encoder in front of ``client``'s serializer, when that is
     known to be safe; True if it was installed."""
-    protocol = getattr(getattr(client, "meta", None), "service_model", None)
-    protocol = getattr(protocol, "protocol", None)
+    model = getattr(getattr(client, "meta", None), "service_model", None)
+    protocol = getattr(model, "protocol", None)
     inner = getattr(client, "_serializer", None)
     if protocol != "json" or inner is None or not hasattr(inner, "serialize_to_request"):
         log.debug("PutRecords bodies are encoded by botocore (protocol %r)", protocol)
