@@ -65,12 +65,12 @@ class Pipeline:
 
     # Feed protocol -----------------------------------------------------------------------
 
-    def item(self, obj: Any, where: str) -> None:
+    def item(self, obj: Any, where: str, line: int | None = None) -> None:
         self.items += 1
         try:
             out = self.assembler.feed(obj)
         except InputError as exc:
-            self.rejects.add(where, str(exc), item=obj)
+            self.rejects.add(where if line is None else f"{where} line {line}", str(exc), item=obj)
             return
         if out:
             self._add(out)

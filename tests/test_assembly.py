@@ -262,3 +262,23 @@ def test_records_are_encoded_exactly_as_json_of_their_dictionary(values, desc, n
 def test_a_value_json_cannot_hold_is_rejected_not_crashing():
     with pytest.raises(InputError, match="cannot be encoded"):
         make().feed({"machine": "press-2", "values": {"temperature": 2**70, "state": "x"}})
+
+
+@pytest.mark.parametrize(
+    ("where", "line", "named"),
+    [("stdin", 12, "stdin line 12"), ("mqtt topic plant/a", None, "mqtt topic plant/a")],
+)
+def test_a_bad_item_from_a_source_is_named_by_where_and_line(tmp_path, where, line, named):
+    from spark_sinks.dispatch import Dispatcher
+    from spark_sinks.pipeline import Pipeline, Rejects
+
+    rejects = Rejects(tmp_path / "dead.jsonl")
+    pipeline = Pipeline(Assembler(machines(), "gw"), Dispatcher(), rejects)
+
+    pipeline.item({"machine": "ghost", "variable": "x", "value": 1}, where, line)
+    rejects.close()
+
+    dead = [orjson.loads(x) for x in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
+    assert [d["where"] for d in dead] == [named]
+    assert "unknown machine 'ghost'" in dead[0]["reason"]
+    assert pipeline.items == 1

@@ -26,9 +26,10 @@ class SourceConfig(BaseModel):
 class Feed(Protocol):
     """What a source pushes into; implemented by ``pipeline.Pipeline``."""
 
-    def item(self, obj: Any, where: str) -> None:
+    def item(self, obj: Any, where: str, line: int | None = None) -> None:
         """A decoded JSON object: a data point or a whole record. Bad items are
-        reported by the feed, named by ``where`` (e.g. ``stdin line 12``)."""
+        reported by the feed, named by ``where`` and ``line`` (``stdin line 12``). The
+        line number is separate so that the name is only formatted for a bad item."""
 
     def point(self, machine: str, variable: str, value: Any, time: Any = None) -> None: ...
 

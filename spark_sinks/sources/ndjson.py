@@ -75,7 +75,7 @@ class NdjsonSource(Source):
                 except orjson.JSONDecodeError as exc:
                     feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", line)
                     continue
-                feed.item(obj, f"{label} line {lineno}")
+                feed.item(obj, label, lineno)
             if not select.select([fd], [], [], 0)[0]:
                 feed.flush()
         if rest.strip() and not stop.is_set():
@@ -85,5 +85,5 @@ class NdjsonSource(Source):
             except orjson.JSONDecodeError as exc:
                 feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", rest)
             else:
-                feed.item(obj, f"{label} line {lineno}")
+                feed.item(obj, label, lineno)
         feed.flush()
