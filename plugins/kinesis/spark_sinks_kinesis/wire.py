@@ -58,7 +58,10 @@ class PutRecordsSerializer:
         )
         body = orjson.loads(request["body"])
         body["Records"] = encoded
-        request["body"] = orjson.dumps(body)
+        try:
+            request["body"] = orjson.dumps(body)
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate, which json.dumps escapes
+            return self.inner.serialize_to_request(parameters, operation_model)
         return request
 
 

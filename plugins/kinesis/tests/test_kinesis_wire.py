@@ -75,6 +75,12 @@ def test_text_data_is_sent_as_its_utf8_bytes_like_botocore_does(client):
     assert_same_request(theirs, ours)
 
 
+def test_text_orjson_cannot_encode_is_left_to_botocore(client):
+    params = {"StreamName": "s", "Records": [{"Data": b"x", "PartitionKey": "lone \ud800"}]}
+    theirs, ours = both(client, "PutRecords", params)
+    assert ours == theirs
+
+
 def test_other_operations_are_serialized_by_botocore_unchanged(client):
     theirs, ours = both(client, "DescribeStreamSummary", {"StreamName": "s"})
     assert ours == theirs
