@@ -20,6 +20,12 @@ MiB = 1024 * 1024
 PUT_RECORDS_MAX_RECORDS = 500
 """Kinesis accepts at most 500 entries in one PutRecords request."""
 REQUEST_MAX_BYTES = 10 * MiB
+AGGREGATED_BATCH_BYTES = MiB
+"""The default ``max_batch_bytes`` with ``aggregation: kpl``. Without aggregation a request
+of 500 small records stays far below 5 MiB; with it, requests fill up to the limit, and
+each one in flight is held about four times over (records, aggregates, base64, body).
+With 1 MiB, a 1,000,000-record run peaked at 105 MB instead of 149 MB (``make bench``'s
+RSS run), at the same speed on 20,000 records."""
 """Largest request we allow to be configured (streams whose record size was raised)."""
 RECORD_MAX_BYTES = 10 * MiB
 """Largest record a stream can be configured for (``UpdateMaxRecordSize``)."""
@@ -103,7 +109,8 @@ class KinesisConfig(SinkConfig):
 
     max_batch_records: int = Field(PUT_RECORDS_MAX_RECORDS, ge=1, le=PUT_RECORDS_MAX_RECORDS)
     max_batch_bytes: int = Field(5 * MiB, ge=1024, le=REQUEST_MAX_BYTES)
-    """Bytes in one PutRecords request, counting data and partition keys."""
+    """Bytes in one PutRecords request, counting data and partition keys; 1 MiB by
+    default with ``aggregation: kpl`` (``AGGREGATED_BATCH_BYTES``)."""
     linger_ms: float = Field(100.0, ge=0, le=60_000)
     """How long a partial batch may wait for more records before it is sent."""
     max_record_bytes: int = Field(MiB, ge=1024, le=RECORD_MAX_BYTES)
@@ -132,6 +139,17 @@ class KinesisConfig(SinkConfig):
     (readable by aws-kinesis-agg's deaggregator and the KCL), at most one aggregate per
     key in a request, so that one machine's records keep their order even under retries.
     ``max_batch_records`` then counts aggregates per request."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aggregation_defaults(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("aggregation") == "kpl"
+            and "max_batch_bytes" not in data
+        ):
+            return {**data, "max_batch_bytes": AGGREGATED_BATCH_BYTES}
+        return data
 
     @field_validator("stream_name")
     @classmethod

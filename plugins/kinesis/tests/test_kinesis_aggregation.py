@@ -312,6 +312,17 @@ def test_aggregation_accepts_only_none_or_kpl():
         KinesisConfig(**base, aggregation="zip")
 
 
+def test_aggregation_makes_requests_of_1_mib_unless_told_otherwise():
+    base = dict(type="kinesis", stream_name="s", region="us-east-1")
+    assert KinesisConfig(**base).max_batch_bytes == 5 * 1024 * 1024
+    assert KinesisConfig(**base, aggregation="kpl").max_batch_bytes == 1024 * 1024
+    given = {**base, "aggregation": "kpl", "max_batch_bytes": 3 * 1024 * 1024}
+    assert KinesisConfig(**given).max_batch_bytes == 3 * 1024 * 1024
+    plain = {**base, "aggregation": "kpl"}
+    KinesisConfig.model_validate(plain)
+    assert "max_batch_bytes" not in plain  # the caller's dict is left as it was
+
+
 @pytest.mark.parametrize(
     "lengths", [[0, 1, 2], [117, 118, 124, 125, 127, 128], [16_370, 16_384, 70_000]]
 )
