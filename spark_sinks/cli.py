@@ -17,14 +17,14 @@ from typing import Any
 
 import click
 import orjson
-from pydantic import BaseModel, SecretStr
 
 from . import __version__, logs
 from .config import Config, load_config
 from .errors import ConfigError, SparkSinksError
 from .metrics import verdict
 from .plugins import LOAD_ENV, Registry, load_registry
-from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
+from .runtime import EXIT_CONFIG, Report, Runtime, path_problems, start_sink, stop_sink
+from .sink import describe, lost_anything
 
 log = logging.getLogger("spark_sinks")
 
@@ -39,21 +39,9 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _register_secrets(model: BaseModel) -> None:
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, SecretStr):
-            logs.add_secret(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            _register_secrets(value)
-
-
 def _load(path: Path) -> tuple[Config, Registry]:
     registry = load_registry()
-    config = load_config(path, registry)
-    for spec in config.sinks.values():
-        _register_secrets(spec.config)
-    return config, registry
+    return load_config(path, registry), registry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,23 +101,12 @@ def _summarise(report: Report) -> None:
         report.incomplete_dropped,
     )
     for name, s in report.sinks.items():
-        missing = int(s["accepted"]) - int(s["delivered"])
-        line = f"sink {name!r}: {s['accepted']} accepted, {s['delivered']} delivered"
-        if not missing:
+        line = f"sink {name!r}: {describe(s)}"
+        if not lost_anything(s):
             log.info("%s", line)
             continue
-        parts = [
-            f"{s[k]} {k.replace('_', '-')}"
-            for k in ("dead_lettered", "failed", "dropped", "pending")
-            if s[k]
-        ]
-        log.error(
-            "%s; %d NOT delivered (%s)%s",
-            line,
-            missing,
-            ", ".join(parts),
-            f"; last error: {s['last_error']}" if s.get("last_error") else "",
-        )
+        error = f"; last error: {s['last_error']}" if s.get("last_error") else ""
+        log.error("%s%s", line, error)
 
 
 @cli.command()
@@ -137,6 +114,9 @@ def _summarise(report: Report) -> None:
 def check(config_path: Path) -> None:
     """Validate the config and run each enabled sink's connection check."""
     config, _ = _load(config_path)
+    problems = path_problems(config)
+    if problems:
+        raise ConfigError(f"{config_path}: {'; '.join(problems)}")
     click.echo(f"config: ok ({len(config.machines)} machines, source {config.source.type})")
     failed = 0
     for spec in config.sinks.values():
@@ -147,11 +127,11 @@ def check(config_path: Path) -> None:
             active = start_sink(spec, config.host, probe=True)
         except SparkSinksError as exc:
             failed += 1
-            click.echo(f"sink {spec.name}: FAILED: {exc}")
+            click.echo(logs.redact(f"sink {spec.name}: FAILED: {exc}"))
             continue
         stop_sink(active)
         detail = "" if active.checked == "ok" else f" ({active.checked})"
-        click.echo(f"sink {spec.name}: ok{detail}")
+        click.echo(logs.redact(f"sink {spec.name}: ok{detail}"))
     sys.exit(1 if failed else 0)
 
 

@@ -86,16 +86,20 @@ class Dispatcher:
             return
         for a in self._order:
             sink = a.sink
-            stats = sink.context.stats
-            stats.add("accepted", n)
+            ctx = sink.context
+            ctx.stats.add("accepted", n)
+            ctx.watch_aside()
             try:
                 sink.write(envelopes)
             except Exception as exc:
-                stats.add("failed", n)
+                ctx.stats.add("failed", _kept(envelopes, ctx.set_aside()))
                 self._report(a, exc, n)
             else:
                 if not sink.buffered:
-                    stats.add("delivered", n)
+                    ctx.stats.add("delivered", _kept(envelopes, ctx.set_aside()))
+                else:
+                    ctx.set_aside()
+            ctx.retry_dead_letters()
         if self._compact:
             for e in envelopes:
                 e.compact()
@@ -111,3 +115,10 @@ class Dispatcher:
         log.error("%s; %d envelopes not delivered%s", msg, n, extra)
         a._last_log = now
         a._suppressed = 0
+
+
+def _kept(envelopes: list[Envelope], aside: set[int]) -> int:
+    """How many of a batch the sink did not set aside (dead letters count on their own)."""
+    if not aside:
+        return len(envelopes)
+    return sum(1 for e in envelopes if id(e) not in aside)

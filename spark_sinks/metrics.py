@@ -18,6 +18,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import files, logs
+from .sink import describe
+
 log = logging.getLogger("spark_sinks.stats")
 
 Snapshot = Callable[[], dict[str, Any]]
@@ -42,14 +45,7 @@ def summary_line(snap: dict[str, Any]) -> str:
     i = snap["input"]
     parts = [f"input {i['items']} items, {i['rejected']} rejected"]
     for name, s in snap["sinks"].items():
-        line = (
-            f"{name}: {s['accepted']} accepted, {s['delivered']} delivered, "
-            f"{s['pending']} pending, {s['retried']} retried, {s['dead_lettered']} dead-lettered, "
-            f"{s['dropped']} dropped"
-        )
-        if s.get("spool_depth") is not None:
-            line += f", spool {s['spool_depth']}"
-        parts.append(line)
+        parts.append(f"{name}: {describe(s)}")
     return "; ".join(parts)
 
 
@@ -90,9 +86,8 @@ class Reporter:
         if not final:  # at exit the CLI prints its own summary
             log.info("%s", summary_line(snap))
         if self.config.status_file is not None:
-            write_atomically(
-                self.config.status_file, orjson.dumps(snap, option=orjson.OPT_INDENT_2)
-            )
+            text = orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode()
+            write_atomically(self.config.status_file, logs.redact(text).encode())
         return snap
 
     def stop(self) -> None:
@@ -104,7 +99,8 @@ class Reporter:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)
+    # mkstemp creates the file 0600 whatever the umask, so the status stays private
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -199,15 +195,9 @@ def verdict(snap: dict[str, Any], now: float | None = None) -> tuple[bool, list[
         if s["pending"] and (last is None or now - last > 3 * interval):
             state = "STALLED"
             ok = False
-        if s["failed"] or s["dropped"]:
+        if s["failed"] or s["dropped"] or s.get("lost_in_corrupt_spool") or s.get("corrupt_spools"):
             ok = False
-        line = (
-            f"sink {name}: {state}; last delivery {since}; {s['pending']} pending, "
-            f"{s['delivered']} delivered, {s['dead_lettered']} dead-lettered, "
-            f"{s['dropped']} dropped, {s['failed']} failed"
-        )
-        if s.get("spool_depth") is not None:
-            line += f", {s['spool_depth']} in spool"
+        line = f"sink {name}: {state}; last delivery {since}; {describe(s)}"
         if s.get("last_error"):
             line += f"; last error: {s['last_error']}"
         lines.append(line)

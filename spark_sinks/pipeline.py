@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from . import files
 from .assembly import Assembler, InputError
 from .dispatch import Dispatcher
 from .envelope import Envelope
@@ -36,7 +37,7 @@ class Rejects:
         if self.path is None:
             return
         if self._fh is None:
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the run
+            self._fh = files.append_private(self.path)  # kept open for the run
         entry: dict[str, Any] = {"where": where, "reason": reason}
         if raw is not None:
             entry["line"] = raw.decode("utf-8", "replace")
