@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EDITABLES := -e . -e plugins/stdout -e plugins/kinesis
 
-.PHONY: all venv run test lint format bench demo clean
+.PHONY: all venv run test test-fast typecheck lint format bench demo clean
 
 all: venv
 
@@ -24,6 +24,12 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Every plugin package under plugins/ (not the *.egg-info directories next to them).
+TYPED := spark_sinks $(dir $(wildcard plugins/*/spark_sinks_*/__init__.py))
+
+typecheck: venv
+	$(BIN)/mypy $(TYPED)
 
 lint: venv
 	$(BIN)/ruff check .
