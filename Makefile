@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EDITABLES := -e . -e plugins/stdout -e plugins/kinesis
+EDITABLES := -e . -e plugins/stdout -e plugins/kinesis -e plugins/sparkplug
 
 .PHONY: all venv run test test-fast typecheck lint format bench demo clean
 
@@ -11,7 +11,8 @@ all: venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plugins/kinesis/pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plugins/kinesis/pyproject.toml \
+		plugins/sparkplug/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(EDITABLES) -r requirements-dev.txt
