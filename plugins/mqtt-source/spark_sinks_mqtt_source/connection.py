@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -67,7 +68,7 @@ class Connection:
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
@@ -95,7 +96,7 @@ class Connection:
         """Connect, retrying with backoff and jitter until it works or ``stop`` is set (a
         gateway may boot before its network). Raises ``MqttSourceError`` when retrying
         cannot help."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry
         props.ReceiveMaximum = self.cfg.max_pending
         delay = 1.0
@@ -212,7 +213,7 @@ class Connection:
             topic = message.topic
         except UnicodeDecodeError:  # brokers should refuse such topics; be safe anyway
             topic = bytes(message._topic).decode("utf-8", "replace")
-        item = Incoming(self._current, message.mid, message.qos, topic, message.payload)
+        item = Incoming(self._current, message.mid, message.qos, topic, bytes(message.payload))
         # The receive maximum bounds QoS 1 messages; QoS 0 ones wait here, which stops
         # reading from the socket: TCP pushes back on the broker.
         while not self._closing.is_set():

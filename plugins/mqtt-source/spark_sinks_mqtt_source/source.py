@@ -119,10 +119,6 @@ class MqttSource(Source):
         self.fed = 0
         """Items handed to the feed so far: the positions ``Feed.settled`` counts."""
         self._decode: Decoder = decode_json
-        if config.format == "sparkplug_b":
-            from .sparkplug import SparkplugDecoder
-
-            self._decode = SparkplugDecoder(config.devices, BadMessage)
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         conn = Connection(self.config)
