@@ -126,6 +126,8 @@ class Run:
         """``data`` of every record envelope printed so far."""
         out = []
         for line in self.out:
+            if not line.endswith(b"\n"):
+                continue  # cut short by a kill -9: not printed
             env = orjson.loads(line)
             if env["type"] == "record":
                 out.append(env["data"])

@@ -107,22 +107,24 @@ def test_a_point_waiting_in_an_open_record_survives_kill_9(
 
 @pytest.mark.slow
 def test_broker_restart_mid_run_loses_nothing(tmp_path: Path, mosquitto_own: Mosquitto) -> None:
+    """The broker restarts while the source holds hundreds of unacknowledged messages (its
+    stdout sink is stuck on a full pipe until the test reads it, and so is the source
+    thread): after the restart the session resumes and every record comes out."""
     prefix = unique("restart")
-    cfg = write_config(
-        tmp_path / "c.yaml", mosquitto_own, [f"{prefix}/#"], sinks=spooled_stdout(tmp_path)
-    )
-    run = Run(cfg)
+    # no spool: the stuck sink blocks the source thread itself
+    cfg = write_config(tmp_path / "c.yaml", mosquitto_own, [f"{prefix}/#"])
+    run = Run(cfg, read_stdout=False)
     run.wait_subscribed()
     pub = Client(mosquitto_own, "restart-publisher").connect()
     pub.publish_many([(f"{prefix}/r", record(i)) for i in range(N // 2)])
     pub.close()
-    run.wait(lambda: len(run.seqs()) >= N // 10, what="a tenth of the records")
+    time.sleep(0.5)
     mosquitto_own.restart()
-    assert len(run.seqs()) < N // 2, "the restart came too late to test anything"
     pub = Client(mosquitto_own, "restart-publisher").connect()
     pub.publish_many([(f"{prefix}/r", record(i)) for i in range(N // 2, N)])
     pub.close()
+    run.read_stdout()
     run.wait(lambda: set(run.seqs()) >= set(range(N)), timeout=60, what="every record")
     assert run.stop(signal.SIGTERM) == 0, run.err
-    assert "session resumed" in run.err
+    assert "lost" in run.err and "session resumed" in run.err, run.err
     assert set(run.seqs()) == set(range(N))

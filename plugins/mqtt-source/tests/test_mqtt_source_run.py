@@ -103,11 +103,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto) -> It
     prefix = unique("fuzz")
     cfg = write_config(tmp_path_factory.mktemp("fuzz") / "c.yaml", mosquitto, [f"{prefix}/#"])
     run = Run(cfg)
-    run.wait_subscribed()
-    state = Shared(run, prefix, Client(mosquitto).connect())
-    yield state
-    state.pub.close()
-    rc = run.stop(signal.SIGTERM)
+    Run.started.remove(run)  # outlives each test: ended here, not by the conftest
+    try:
+        run.wait_subscribed()
+        state = Shared(run, prefix, Client(mosquitto).connect())
+        yield state
+        state.pub.close()
+    finally:
+        rc = run.stop(signal.SIGTERM)
     assert rc in (0, 3), run.err
     assert "Traceback" not in run.err
 
