@@ -394,7 +394,13 @@ class MqttSink(Sink):
                 if isinstance(ev, _Connack) and ev.gen == conn.gen:
                     return ev.refused
                 if isinstance(ev, _Lost) and ev.gen == conn.gen:
-                    return f"the broker closed the connection: {ev.reason}"
+                    tls = self.config.tls
+                    hint = (
+                        "; does it require a client certificate (tls.cert_file, tls.key_file)?"
+                        if tls is not None and tls.cert_file is None
+                        else ""
+                    )
+                    return f"the broker closed the connection before accepting it{hint}"
                 later.append(ev)
         finally:
             for ev in later:
