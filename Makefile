@@ -32,6 +32,10 @@ TYPED := spark_sinks $(dir $(wildcard plugins/*/spark_sinks_*/__init__.py))
 typecheck: venv
 	$(BIN)/mypy $(TYPED)
 
+# The quick loop while developing: everything not marked slow (`make test` runs it all).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
