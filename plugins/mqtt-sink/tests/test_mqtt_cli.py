@@ -74,6 +74,7 @@ def _feed(proc: subprocess.Popen[bytes], items: list[bytes], pause: float) -> No
         time.sleep(pause)
 
 
+@pytest.mark.slow
 def test_broker_restart_mid_run_loses_nothing(tmp_path: Path, mosquitto_own: Mosquitto) -> None:
     """QoS 1 with a spool: the broker stops and comes back while records flow."""
     block = mqtt_block(mosquitto_own, spool={"path": str(tmp_path / "spool")}, max_in_flight=200)
@@ -112,6 +113,7 @@ def wait_for_spool(path: Path, count: int, timeout: float = 30) -> int:
     return rows
 
 
+@pytest.mark.slow
 def test_kill_9_with_a_spool_loses_nothing(tmp_path: Path, mosquitto_own: Mosquitto) -> None:
     """The broker is down, records go to the spool, spark-sinks is killed; the next run
     delivers everything the first one accepted."""
@@ -186,6 +188,7 @@ def _encodings(secret: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_wrong_password_is_named_never_printed(tmp_path: Path, mosquitto: Mosquitto) -> None:
     wrong = "Wr0ng-Pw-zq81"
     block = mqtt_block(

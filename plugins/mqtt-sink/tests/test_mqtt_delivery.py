@@ -146,6 +146,7 @@ def test_an_envelope_the_broker_never_takes_is_dead_lettered_not_retried_forever
     assert f"closed the connection {POISON_LOSSES} times" in (snap["last_error"] or "")
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(machine=st.text(min_size=0, max_size=8))
