@@ -9,11 +9,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import yaml
 
 from tests.helpers import CLI
@@ -165,3 +166,16 @@ class Run:
             if t.is_alive():
                 t.join(5)
         return rc
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind() -> Iterator[None]:
+    """No ``spark-sinks run`` outlives its test, even a failed one. (A fixture here, not in
+    a conftest.py: the sink's tests import their conftest by that name.) Test modules
+    import it to use it."""
+    yield
+    while Run.started:
+        run = Run.started.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from mqtt_source_helpers import Run, record, unique, write_config
+from mqtt_source_helpers import (
+    Run,
+    no_run_left_behind,  # noqa: F401 - autouse
+    record,
+    unique,
+    write_config,
+)
 
 from tests.support.mosquitto import Client, Mosquitto
 

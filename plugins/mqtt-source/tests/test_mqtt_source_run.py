@@ -12,7 +12,13 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mqtt_source_helpers import Run, record, unique, write_config
+from mqtt_source_helpers import (
+    Run,
+    no_run_left_behind,  # noqa: F401 - autouse
+    record,
+    unique,
+    write_config,
+)
 
 from tests.support.mosquitto import Client, Mosquitto
 
