@@ -80,9 +80,13 @@ class EdgeNode:
         return str(codec.topic(self.group, kind, self.edge, device))
 
     def will(self) -> Message:
-        """The NDEATH for the next CONNECT, with the next bdSeq."""
+        """The NDEATH to register with the next CONNECT: the next bdSeq."""
+        return Message(self.topic(codec.NDEATH), codec.ndeath(self._bd_seq.value), 1)
+
+    def connect_sent(self) -> None:
+        """A CONNECT with ``will()`` went out: its bdSeq is now current. Attempts that
+        never sent one (the broker unreachable) take no number."""
         self.bd_seq = self._bd_seq.take()
-        return Message(self.topic(codec.NDEATH), codec.ndeath(self.bd_seq), 1)
 
     def death(self) -> Message:
         """The NDEATH published before an intentional disconnect (same bdSeq as the will)."""
@@ -92,7 +96,8 @@ class EdgeNode:
         """A new session (or a rebirth): NBIRTH with seq 0, then a DBIRTH per known device."""
         self._seq = Sequence256()
         self.born.clear()
-        out = [Message(self.topic(codec.NBIRTH), codec.nbirth(self.bd_seq, self._seq.take()), 0)]
+        nbirth = codec.nbirth(self.bd_seq, self._seq.take())
+        out = [Message(self.topic(codec.NBIRTH), nbirth, self.qos)]
         for device in self.defs:
             out.append(self._dbirth(device))
         return out

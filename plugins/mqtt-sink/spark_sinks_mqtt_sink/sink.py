@@ -350,6 +350,9 @@ class MqttSink(Sink):
         except (OSError, ValueError) as exc:
             self._error(_describe(exc))
             return
+        if self._edge is not None:
+            with self._lock:
+                self._edge.connect_sent()
         conn.thread = threading.Thread(
             target=self._network, args=(conn,), name=f"mqtt-{self.name}-net", daemon=True
         )
@@ -436,7 +439,8 @@ class MqttSink(Sink):
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         if self._edge is not None:
-            will = self._edge.will()
+            with self._lock:
+                will = self._edge.will()
             client.will_set(will.topic, will.payload, qos=will.qos, retain=False)
         events = self._events
 
