@@ -122,6 +122,7 @@ class MqttSource(Source):
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         conn = Connection(self.config)
+        self._decode = self._decoder(conn)
         if not conn.open(stop):
             return
         acks = Acks(conn, self.config.max_pending)
@@ -136,6 +137,14 @@ class MqttSource(Source):
             feed.flush()
             acks.settle(feed.settled(), idle=False)
             conn.close()
+
+    def _decoder(self, conn: Connection) -> Decoder:
+        if self.config.format == "json":
+            return decode_json
+        from .sparkplug import SparkplugDecoder
+
+        ask = conn.publish if self.config.rebirth_requests else None
+        return SparkplugDecoder(self.machines, self.config.devices, BadMessage, ask)
 
     def _take(self, conn: Connection, acks: Acks, feed: Feed) -> int:
         """Feed the messages that are there (waiting a little for the first one)."""
