@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -29,7 +29,7 @@ class Rejects:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.count = 0
-        self._fh = None
+        self._fh: BinaryIO | None = None
 
     def add(self, where: str, reason: str, raw: bytes | None = None, item: Any = None) -> None:
         self.count += 1

@@ -146,8 +146,8 @@ class SinkStats:
 
 def identity_holds(snap: Mapping[str, Any]) -> bool:
     """The accounting identity on a snapshot (every term present and >= 0)."""
-    terms = [snap[k] for k in ("accepted", *SETTLED, "pending")]
-    return min(terms) >= 0 and snap["accepted"] == sum(terms[1:])
+    terms: list[int] = [int(snap[k]) for k in ("accepted", *SETTLED, "pending")]
+    return min(terms) >= 0 and terms[0] == sum(terms[1:])
 
 
 def add_up(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
