@@ -71,12 +71,12 @@ def write_config(tmp_path: Path, sinks: dict[str, Any], name: str = "c.yaml", **
 
 
 def start(cfg: Path, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
+    kw.setdefault("env", {**os.environ, **ENV})
     return subprocess.Popen(
         [*CLI, *args, "run", "-c", str(cfg)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, **ENV},
         **kw,
     )
 
