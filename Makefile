@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EDITABLES := -e . -e plugins/stdout -e plugins/kinesis -e plugins/sparkplug
+EDITABLES := -e . -e plugins/stdout -e plugins/kinesis -e plugins/sparkplug -e plugins/mqtt-sink
+# the MQTT source plugin (its own line, so that other plugins' lines merge cleanly)
+EDITABLES += -e plugins/mqtt-source
 
 .PHONY: all venv run test test-fast typecheck lint format bench demo clean
 
@@ -12,11 +14,13 @@ all: venv
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plugins/kinesis/pyproject.toml \
-		plugins/sparkplug/pyproject.toml
+		plugins/sparkplug/pyproject.toml plugins/mqtt-sink/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(EDITABLES) -r requirements-dev.txt
 	touch $(STAMP)
+
+$(STAMP): plugins/mqtt-source/pyproject.toml
 
 run: venv
 	$(BIN)/spark-sinks run -c config/example.yaml

@@ -8,6 +8,7 @@ and one line naming the key (``sinks.<name>.region: ...``).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from typing import Any, Literal
 
@@ -53,6 +54,38 @@ UI_REGION_NAMES: dict[str, str] = {
 """The region names the original module's UI offered, mapped to region codes."""
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+_STREAM_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
+    r"stream/(?P<name>[^/\s]+)"
+)
+_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
+class StreamArn:
+    """The parts of a Kinesis stream ARN, or ValueError naming what is wrong."""
+
+    def __init__(self, text: str) -> None:
+        m = _STREAM_ARN.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(
+                f"{text!r} is not a Kinesis stream ARN "
+                "(arn:aws:kinesis:<region>:<12-digit account>:stream/<name>)"
+            )
+        self.region = m["region"]
+        self.name = m["name"]
+        if not _STREAM_NAME.fullmatch(self.name):
+            raise ValueError(f"the stream name in {text!r} is not a valid Kinesis stream name")
+        if self.region not in kinesis_regions():
+            raise ValueError(f"the region in {text!r} is not one where Kinesis is available")
+
+
+def _check_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.strip()
+    if not _URL.fullmatch(v):
+        raise ValueError(f"{v!r} is not an http:// or https:// URL")
+    return v
 
 
 @functools.cache
@@ -93,9 +126,14 @@ class KinesisConfig(SinkConfig):
     type: Literal["kinesis"] = "kinesis"
 
     stream_name: str
-    """The Kinesis data stream; it must exist in ``region``."""
+    """The Kinesis data stream; it must exist in ``region``. Filled in from ``stream_arn``
+    when that is given instead."""
+    stream_arn: str | None = None
+    """The stream's ARN instead of ``stream_name`` (e.g. a stream of another account,
+    reached through its resource policy); every call then names the stream by ARN."""
     region: str
-    """A region code (``eu-west-1``) or the original module's UI name (``EU (Ireland)``)."""
+    """A region code (``eu-west-1``) or the original module's UI name (``EU (Ireland)``);
+    taken from ``stream_arn`` when not given."""
     endpoint_url: str | None = None
     """Another endpoint, e.g. a local emulator (``http://127.0.0.1:5000``). Without it
     boto3's own rules apply, including the ``AWS_ENDPOINT_URL`` variable."""
@@ -140,6 +178,12 @@ class KinesisConfig(SinkConfig):
     key in a request, so that one machine's records keep their order even under retries.
     ``max_batch_records`` then counts aggregates per request."""
 
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    """Compress each Kinesis record's data (each aggregate with ``aggregation: kpl``);
+    limits apply to the compressed bytes. Consumers must then decompress: the one in
+    ``consumer/`` tells the formats apart by their first bytes. ``zstd`` needs the
+    ``zstandard`` package (``spark-sinks-kinesis[zstd]``)."""
+
     @model_validator(mode="before")
     @classmethod
     def _aggregation_defaults(cls, data: Any) -> Any:
@@ -150,6 +194,26 @@ class KinesisConfig(SinkConfig):
         ):
             return {**data, "max_batch_bytes": AGGREGATED_BATCH_BYTES}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stream_from_arn(cls, data: Any) -> Any:
+        """``stream_arn`` stands for ``stream_name`` (and ``region`` when not given)."""
+        if not isinstance(data, dict) or data.get("stream_arn") is None:
+            return data
+        if data.get("stream_name") is not None:
+            raise ValueError("give either stream_name or stream_arn, not both")
+        arn = data["stream_arn"]
+        if not isinstance(arn, str):
+            return data  # the field's own type check reports it
+        try:
+            parts = StreamArn(arn)
+        except ValueError:
+            return {**data, "stream_name": "-"}  # stream_arn's validator names the problem
+        filled = {**data, "stream_name": parts.name}
+        if filled.get("region") is None:
+            filled["region"] = parts.region
+        return filled
 
     @field_validator("stream_name")
     @classmethod
@@ -172,14 +236,26 @@ class KinesisConfig(SinkConfig):
             return normalize_region(v)
         return v
 
+    @field_validator("stream_arn")
+    @classmethod
+    def _stream_arn(cls, v: str | None) -> str | None:
+        if v is not None:
+            StreamArn(v)
+            v = v.strip()
+        return v
+
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        v = v.strip()
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
-            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return _check_url(v)
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, v: str) -> str:
+        if v == "zstd" and importlib.util.find_spec("zstandard") is None:
+            raise ValueError(
+                "zstd needs the zstandard package: pip install 'spark-sinks-kinesis[zstd]'"
+            )
         return v
 
     @field_validator("access_key_id", "profile")
@@ -216,4 +292,18 @@ class KinesisConfig(SinkConfig):
             )
         if self.retry_max_ms < self.retry_base_ms:
             raise ValueError("retry_max_ms must be at least retry_base_ms")
+        if self.stream_arn is not None:
+            arn_region = StreamArn(self.stream_arn).region
+            if arn_region != self.region:
+                raise ValueError(
+                    f"region {self.region!r} differs from the region of stream_arn "
+                    f"({arn_region!r}); remove region or make them agree"
+                )
         return self
+
+    @property
+    def stream(self) -> dict[str, str]:
+        """How API calls name the stream: ``StreamARN`` or ``StreamName``."""
+        if self.stream_arn is not None:
+            return {"StreamARN": self.stream_arn}
+        return {"StreamName": self.stream_name}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kinesis_helpers import cli_env, config, moto_auth, run_cli
+from kinesis_helpers import cli_env, config, moto_auth, read_stream, records_ndjson, run_cli
 from spark_sinks_kinesis import KinesisConfig
 
 from spark_sinks import ConfigError
@@ -204,3 +204,72 @@ def test_no_credentials_anywhere_gives_a_clear_message(tmp_path, moto):
     proc = run_cli("check", "-c", str(config(tmp_path / "c.yaml", "s", moto.url)), env=env)
     assert proc.returncode == 1
     assert "no AWS credentials found" in proc.stdout.decode()
+
+
+# -- stream_arn -------------------------------------------------------------------------------
+
+ARN = "arn:aws:kinesis:eu-west-1:123456789012:stream/plant-data"
+
+
+def test_a_stream_arn_stands_for_the_stream_name_and_gives_the_region():
+    cfg = KinesisConfig(type="kinesis", stream_arn=ARN)
+    assert (cfg.stream_name, cfg.region) == ("plant-data", "eu-west-1")
+    assert cfg.stream == {"StreamARN": ARN}
+    same = KinesisConfig(type="kinesis", stream_arn=ARN, region="EU (Ireland)")
+    assert same.region == "eu-west-1"
+    assert KinesisConfig(type="kinesis", stream_name="s", region="eu-west-1").stream == {
+        "StreamName": "s"
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"stream_arn": ARN},  # stream_name stays: both given
+            "sinks.cloud: give either stream_name or stream_arn, not both",
+        ),
+        (
+            {"stream_name": None, "stream_arn": ARN, "region": "us-east-1"},
+            "sinks.cloud: region 'us-east-1' differs from the region of stream_arn ('eu-west-1')",
+        ),
+        (
+            {"stream_name": None, "stream_arn": "arn:aws:kinesis:eu-west-1:123:stream/x"},
+            "sinks.cloud.stream_arn: 'arn:aws:kinesis:eu-west-1:123:stream/x' is not a Kinesis "
+            "stream ARN",
+        ),
+        (
+            {"stream_name": None, "stream_arn": ARN.replace("stream/", "table/")},
+            "is not a Kinesis stream ARN",
+        ),
+        (
+            {"stream_name": None, "stream_arn": ARN.replace("eu-west-1", "mars-1")},
+            "sinks.cloud.stream_arn: the region in",
+        ),
+        (
+            {"stream_name": None, "stream_arn": ARN.replace("plant-data", "bad name!")},
+            "is not a Kinesis stream ARN",
+        ),
+    ],
+)
+def test_stream_arn_mistakes_are_one_line_naming_the_key(tmp_path, fields, message):
+    proc = run_cli("check", "-c", str(_config_with(tmp_path, **fields)))
+    assert proc.returncode == 2
+    assert message in _one_line_error(proc)
+
+
+def test_a_run_by_stream_arn_delivers_every_record(tmp_path, moto, kinesis, make_stream):
+    stream = make_stream(2)
+    arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    cfg = _config_with(tmp_path, stream_name=None, region=None, stream_arn=arn)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["sinks"]["cloud"]["endpoint_url"] = moto.url
+    cfg.write_text(yaml.safe_dump(raw))
+    lines = records_ndjson(tmp_path / "in.ndjson", 50).read_bytes()
+    proc = run_cli("run", "-c", str(cfg), input=lines)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "54 accepted, 54 delivered" in proc.stderr.decode()
+    got = read_stream(kinesis, stream)
+    assert sum(r["envelope"]["type"] == "record" for r in got) == 50

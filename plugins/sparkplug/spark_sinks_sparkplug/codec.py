@@ -131,14 +131,39 @@ class Topic:
         return "/".join(parts)
 
 
+def topic_problem(text: str) -> str | None:
+    """Why ``text`` cannot be (part of) a topic to publish on, or None.
+
+    Besides the wildcards, brokers refuse what MQTT calls malformed UTF-8: NUL, control
+    characters (U+0001..U+001F, U+007F..U+009F), surrogates and non-characters; Mosquitto
+    then closes the connection, so such a topic must never be published."""
+    bad = sorted({c for c in text if c in "+#" or _malformed(ord(c))})
+    if bad:
+        return f"contains {', '.join(repr(c) for c in bad)}, not allowed in an MQTT topic"
+    if len(text.encode(errors="surrogatepass")) > 65535:
+        return "is longer than the 65535 bytes of an MQTT topic"
+    return None
+
+
+def _malformed(cp: int) -> bool:
+    return (
+        cp <= 0x1F
+        or 0x7F <= cp <= 0x9F
+        or 0xD800 <= cp <= 0xDFFF
+        or 0xFDD0 <= cp <= 0xFDEF
+        or cp & 0xFFFE == 0xFFFE
+    )
+
+
 def check_id(value: str, what: str) -> str:
-    """A group, edge node or device ID: non-empty UTF-8 without ``/``, ``+`` or ``#``."""
+    """A group, edge node or device ID: a topic level without ``/``, wildcards or
+    characters MQTT refuses."""
     if not value:
         raise SparkplugError(f"{what} is empty")
-    bad = sorted({c for c in value if c in "/+#\0"})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise SparkplugError(f"{what} {value!r} contains {shown}, not allowed in a Sparkplug ID")
+    problem = "contains '/', not allowed in a Sparkplug ID" if "/" in value else None
+    problem = problem or topic_problem(value)
+    if problem:
+        raise SparkplugError(f"{what} {value!r} {problem}")
     return value
 
 
