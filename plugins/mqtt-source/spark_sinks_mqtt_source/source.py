@@ -85,8 +85,8 @@ class Acks:
     def settle(self, settled: int, idle: bool) -> None:
         """Acknowledge every message whose items are settled. When ``idle`` (nothing came
         for a while) and ``limit`` messages wait, the broker sends no more until some are
-        acknowledged while the records holding them wait for exactly those messages:
-        acknowledge the oldest tenth anyway, and say so."""
+        acknowledged, while the records holding them back may wait for exactly those
+        messages: acknowledge the older half anyway, and say so."""
         waiting = self._waiting
         current = self.connection.current
         while waiting and current and waiting[0].connection != current:
@@ -95,7 +95,7 @@ class Acks:
             u = waiting.popleft()
             self.connection.ack(u.connection, u.mid)
         if idle and len(waiting) >= self.limit:
-            n = max(1, self.limit // 10)
+            n = max(1, len(waiting) // 2)
             for _ in range(n):
                 u = waiting.popleft()
                 self.connection.ack(u.connection, u.mid)
