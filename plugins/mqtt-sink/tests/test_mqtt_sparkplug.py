@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -14,8 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mqtt_helpers import MACHINES, mqtt_block, ndjson, records, settled, spawn, unique, write_config
 from spark_sinks_mqtt_sink import MqttSinkConfig
 from spark_sinks_mqtt_sink.encoding import EdgeNode, EncodeError
@@ -296,3 +300,46 @@ def test_edge_node_id_defaults_to_a_valid_host() -> None:
     assert EdgeNode(cfg, "gw-1").edge == "gw-1"
     with pytest.raises(Exception, match="edge_node_id"):
         EdgeNode(cfg, "gw/1")
+
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5)
+)
+VALUES = SCALARS | st.lists(SCALARS, max_size=4) | st.dictionaries(st.text(max_size=3), SCALARS)
+FORMATS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+           "float", "double", "bool", "boolean", "char", "string", "object", "any"]  # fmt: skip
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(fmt=st.sampled_from(FORMATS), value=VALUES)
+def test_any_value_is_carried_faithfully_or_refused_in_one_line(fmt: str, value: Any) -> None:
+    """Hostile values of every Spark format: the DDATA decodes to the same value (JSON
+    text for objects and unpackable lists, 32-bit rounding for Float), or the envelope
+    is refused with an ``EncodeError`` that names the metric, and takes no seq."""
+    node = edge()
+    before = node._seq.value
+    try:
+        messages = node.encode(rec("m", {"v": {"name": "v", "format": fmt, "value": value}}))
+    except EncodeError as exc:
+        assert "metric 'v'" in str(exc) and "\n" not in str(exc)
+        assert node._seq.value == before
+        return
+    data = codec.decode(messages[-1].payload)
+    (metric,) = data.metrics
+    assert data.seq == (before + len(messages) - 1) % 256
+    json_text = fmt not in ("char", "string") or type(value) is list
+    if value is None:
+        assert metric.value is None  # is_null
+    elif metric.datatype == codec.DT.String and json_text:
+        assert metric.value == orjson.dumps(value).decode()
+    elif metric.datatype == codec.DT.Float:
+        assert metric.value == struct.unpack("<f", struct.pack("<f", value))[0]
+    elif metric.datatype == codec.DT.FloatArray:
+        assert metric.value == [struct.unpack("<f", struct.pack("<f", v))[0] for v in value]
+    else:
+        assert metric.value == value
