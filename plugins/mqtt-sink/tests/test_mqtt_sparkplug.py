@@ -175,11 +175,7 @@ def test_a_rebirth_request_is_answered_and_a_new_connection_has_a_new_bdseq(
         _wait_kind(sub, "DDATA", 4)
         # a host application asks for a rebirth
         host = Client(mosquitto_own).connect()
-        request = codec.pb.Payload()
-        metric = request.metrics.add()
-        metric.name = codec.REBIRTH
-        codec.set_value(metric, codec.DT.Boolean, True)
-        host.publish(f"spBv1.0/{group}/NCMD/gw-test", request.SerializeToString(), qos=0)
+        host.publish(f"spBv1.0/{group}/NCMD/gw-test", rebirth_request(), qos=0)
         host.close()
         births = _wait_kind(sub, "NBIRTH", 2)
         _wait_kind(sub, "DBIRTH", 4)
@@ -237,6 +233,53 @@ def test_changed_metadata_on_reload_rebirths_the_device(
     assert "rpm" in metrics(births[-1].payload)
 
 
+def rebirth_request() -> bytes:
+    request = codec.pb.Payload()
+    metric = request.metrics.add()
+    metric.name = codec.REBIRTH
+    codec.set_value(metric, codec.DT.Boolean, True)
+    return bytes(request.SerializeToString())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spooled", [False, True])
+def test_a_machine_disabled_on_reload_gets_its_ddeath_and_no_more_births(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Callable[..., Client], spooled: bool
+) -> None:
+    extra = {"spool": {"path": str(tmp_path / "spool")}} if spooled else {}
+    block, group = sparkplug_block(mosquitto, **extra)
+    sub = subscriber(f"spBv1.0/{group}/#")
+    cfg = write_config(tmp_path / "c.yaml", {"m": block})
+    proc = spawn(cfg)
+    try:
+        _wait_kind(sub, "DBIRTH", 2)
+        assert proc.stdin is not None
+        proc.stdin.write(ndjson(records(4)))
+        proc.stdin.flush()
+        _wait_kind(sub, "DDATA", 4)
+        raw = yaml.safe_load(cfg.read_text())
+        raw["machines"]["press-2"]["enable"] = False
+        cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+        proc.send_signal(signal.SIGHUP)
+        (ddeath,) = _wait_kind(sub, "DDEATH")
+        host = Client(mosquitto).connect()
+        host.publish(f"spBv1.0/{group}/NCMD/gw-test", rebirth_request(), qos=0)
+        host.close()
+        _wait_kind(sub, "NBIRTH", 2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    got = sub.messages
+    assert ddeath.topic == f"spBv1.0/{group}/DDEATH/gw-test/press-2"
+    i = kinds(got).index("DDEATH/gw-test/press-2")
+    assert seq_of(got[i].payload) == 7  # NBIRTH 0, 2 DBIRTHs, 4 DDATA, then this
+    after = kinds(got)[kinds(got).index("NCMD/gw-test") :]
+    assert after[1:3] == ["NBIRTH/gw-test", "DBIRTH/gw-test/press-1"]
+    assert "DBIRTH/gw-test/press-2" not in after
+
+
 # -- the edge node's bookkeeping, without a broker ----------------------------------------
 
 
@@ -268,6 +311,16 @@ def test_a_record_that_changes_a_datatype_rebirths_its_device_first() -> None:
     assert [seq_of(m.payload) for m in [*same, *listed]] == [2, 3, 4, 5]
     born = codec.decode(listed[1].payload).metric("x")
     assert born is not None and born.datatype == codec.DT.Int8Array
+
+
+def test_a_retired_device_dies_once_and_is_left_out_of_births() -> None:
+    node = edge()
+    node.encode(meta("m", {"x": {"name": "x", "format": "int8"}}))
+    node.encode(meta("n", {"x": {"name": "x", "format": "int8"}}))
+    (death,) = node.retire("m")
+    assert death.topic == "spBv1.0/g/DDEATH/gw/m" and seq_of(death.payload) == 3
+    assert node.retire("m") == []  # not born any more
+    assert [m.topic.split("/")[-1] for m in node.birth()] == ["gw", "n"]
 
 
 def test_a_bad_value_is_refused_without_taking_a_seq() -> None:
