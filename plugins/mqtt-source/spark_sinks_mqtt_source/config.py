@@ -72,7 +72,7 @@ class MqttSourceConfig(SourceConfig):
     tls: TlsSettings | None = None
     qos: Literal[0, 1] = 1
     topics: list[str] = Field(min_length=1)
-    format: Literal["json"] = "json"
+    format: Literal["json", "sparkplug_b"] = "json"
     keepalive: int = Field(60, ge=5, le=65535)
     session_expiry: int = Field(86400, ge=0, le=4294967295)
     """Seconds the broker keeps the session, and queues QoS 1 messages for it, while
@@ -82,6 +82,13 @@ class MqttSourceConfig(SourceConfig):
     The broker holds everything beyond it, so memory stays bounded."""
     max_message_bytes: int = Field(1 << 20, ge=1)
     """A longer message is rejected (with its length) without being decoded."""
+
+    devices: dict[str, str] = Field(default_factory=dict)
+    """Sparkplug B: device id, or ``group/edge node/device``, -> machine name. A device
+    not listed is the machine of the same name."""
+    rebirth_requests: bool = True
+    """Sparkplug B: ask an edge node for a rebirth (``NCMD``) when its data names a metric
+    alias this source has not seen born."""
 
     @field_validator("topics")
     @classmethod

@@ -132,6 +132,10 @@ class Connection:
             self._client.ack(mid, 1)
             return True
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Send a command at QoS 0 (a Sparkplug rebirth request; repeated if need be)."""
+        self._client.publish(topic, payload, qos=0)
+
     @property
     def current(self) -> int:
         with self._lock:

@@ -85,8 +85,8 @@ class Acks:
     def settle(self, settled: int, idle: bool) -> None:
         """Acknowledge every message whose items are settled. When ``idle`` (nothing came
         for a while) and ``limit`` messages wait, the broker sends no more until some are
-        acknowledged while the records holding them wait for exactly those messages:
-        acknowledge the oldest tenth anyway, and say so."""
+        acknowledged, while the records holding them back may wait for exactly those
+        messages: acknowledge the older half anyway, and say so."""
         waiting = self._waiting
         current = self.connection.current
         while waiting and current and waiting[0].connection != current:
@@ -95,7 +95,7 @@ class Acks:
             u = waiting.popleft()
             self.connection.ack(u.connection, u.mid)
         if idle and len(waiting) >= self.limit:
-            n = max(1, self.limit // 10)
+            n = max(1, len(waiting) // 2)
             for _ in range(n):
                 u = waiting.popleft()
                 self.connection.ack(u.connection, u.mid)
@@ -122,6 +122,7 @@ class MqttSource(Source):
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         conn = Connection(self.config)
+        self._decode = self._decoder(conn)
         if not conn.open(stop):
             return
         acks = Acks(conn, self.config.max_pending)
@@ -136,6 +137,14 @@ class MqttSource(Source):
             feed.flush()
             acks.settle(feed.settled(), idle=False)
             conn.close()
+
+    def _decoder(self, conn: Connection) -> Decoder:
+        if self.config.format == "json":
+            return decode_json
+        from .sparkplug import SparkplugDecoder
+
+        ask = conn.publish if self.config.rebirth_requests else None
+        return SparkplugDecoder(self.machines, self.config.devices, BadMessage, ask)
 
     def _take(self, conn: Connection, acks: Acks, feed: Feed) -> int:
         """Feed the messages that are there (waiting a little for the first one)."""

@@ -51,9 +51,11 @@ def write_config(
     broker: Mosquitto,
     topics: list[str],
     sinks: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
     **src: Any,
 ) -> Path:
-    source = {
+    """An ``mqtt`` source on ``broker`` (or ``source`` instead), the stdout sink by default."""
+    source = source or {
         "type": "mqtt",
         "host": broker.host,
         "port": broker.port,
