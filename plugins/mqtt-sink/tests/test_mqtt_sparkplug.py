@@ -137,6 +137,15 @@ def _wait_kind(sub: Client, kind: str, count: int = 1, timeout: float = 15) -> l
     raise AssertionError(f"{count} {kind} not seen; got {kinds(sub.messages)}")
 
 
+def born_then_four_records(proc: subprocess.Popen[bytes], sub: Client) -> None:
+    """Wait for both DBIRTHs, then send four records and wait for their DDATA."""
+    _wait_kind(sub, "DBIRTH", 2)
+    assert proc.stdin is not None
+    proc.stdin.write(ndjson(records(4)))
+    proc.stdin.flush()
+    _wait_kind(sub, "DDATA", 4)
+
+
 @pytest.mark.slow
 def test_the_will_is_the_ndeath_when_spark_sinks_is_killed(
     tmp_path: Path, mosquitto: Mosquitto, subscriber: Callable[..., Client]
@@ -168,11 +177,7 @@ def test_a_rebirth_request_is_answered_and_a_new_connection_has_a_new_bdseq(
     sub.subscribe(f"spBv1.0/{group}/#")
     proc = spawn(write_config(tmp_path / "c.yaml", {"m": block}))
     try:
-        _wait_kind(sub, "DBIRTH", 2)
-        assert proc.stdin is not None
-        proc.stdin.write(ndjson(records(4)))
-        proc.stdin.flush()
-        _wait_kind(sub, "DDATA", 4)
+        born_then_four_records(proc, sub)
         # a host application asks for a rebirth
         host = Client(mosquitto_own).connect()
         host.publish(f"spBv1.0/{group}/NCMD/gw-test", rebirth_request(), qos=0)
@@ -252,11 +257,7 @@ def test_a_machine_disabled_on_reload_gets_its_ddeath_and_no_more_births(
     cfg = write_config(tmp_path / "c.yaml", {"m": block})
     proc = spawn(cfg)
     try:
-        _wait_kind(sub, "DBIRTH", 2)
-        assert proc.stdin is not None
-        proc.stdin.write(ndjson(records(4)))
-        proc.stdin.flush()
-        _wait_kind(sub, "DDATA", 4)
+        born_then_four_records(proc, sub)
         raw = yaml.safe_load(cfg.read_text())
         raw["machines"]["press-2"]["enable"] = False
         cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
