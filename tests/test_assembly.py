@@ -135,8 +135,8 @@ def test_publish_disabled_machine_produces_nothing():
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ({"machine": "nope", "variable": "x", "value": 1}, "unknown machine 'nope'"),
-        ({"machine": "press-1", "variable": "nope", "value": 1}, "has no variable 'nope'"),
+        ({"machine": "nope", "variable": "x", "value": 1}, 'unknown machine "nope"'),
+        ({"machine": "press-1", "variable": "nope", "value": 1}, 'has no variable "nope"'),
         ({"machine": "press-1", "variable": "count", "value": 1.5}, "not a valid int32"),
         ({"machine": "press-1", "variable": "count", "value": 2**31}, "not a valid int32"),
         ({"machine": "press-1", "variable": "count", "value": True}, "not a valid int32"),
@@ -280,5 +280,5 @@ def test_a_bad_item_from_a_source_is_named_by_where_and_line(tmp_path, where, li
 
     dead = [orjson.loads(x) for x in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
     assert [d["where"] for d in dead] == [named]
-    assert "unknown machine 'ghost'" in dead[0]["reason"]
+    assert 'unknown machine "ghost"' in dead[0]["reason"]
     assert pipeline.items == 1
