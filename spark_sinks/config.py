@@ -17,6 +17,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
@@ -151,7 +152,7 @@ def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown key"

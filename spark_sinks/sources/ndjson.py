@@ -88,6 +88,7 @@ class _Partial:
 class NdjsonSource(Source):
     type_name = "ndjson"
     Config = NdjsonConfig
+    config: NdjsonConfig
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         path = self.config.path
