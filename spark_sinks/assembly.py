@@ -7,6 +7,7 @@ freely (the original kept one global buffer and lost records that way).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
@@ -95,7 +96,9 @@ class Assembler:
         logged with its machine), as ``on_incomplete`` says."""
         return self._close_cycles(list(self._cycles), "the input ended")
 
-    def _close_cycles(self, names: Any, why: str = "its definition changed") -> list[Envelope]:
+    def _close_cycles(
+        self, names: Iterable[str], why: str = "its definition changed"
+    ) -> list[Envelope]:
         out: list[Envelope] = []
         for name in names:
             cycle = self._cycles.get(name)
@@ -208,23 +211,26 @@ class Assembler:
         return [self._record(m, t, values)]
 
     def _incomplete(self, m: Machine, cycle: _Cycle, why: str) -> list[Envelope]:
-        have = len(cycle.values)
-        out = []
-        if self.on_incomplete == "emit":
-            self.incomplete_emitted += 1
-            out.append(self._record(m, cycle.time, cycle.values))
-        else:
-            self.incomplete_dropped += 1
-            log.warning(
-                "dropped an incomplete record of %s (%d of %d variables): %s",
-                m.name,
-                have,
-                len(m.variables),
-                why,
-            )
+        values, time = cycle.values, cycle.time
         cycle.values = {}
         cycle.time = None
-        return out
+        if self.on_incomplete == "emit":
+            try:
+                record = self._record(m, time, values)
+            except InputError as exc:  # a value a plugin's source fed that JSON cannot hold
+                why = f"{why}; it cannot be sent: {exc}"
+            else:
+                self.incomplete_emitted += 1
+                return [record]
+        self.incomplete_dropped += 1
+        log.warning(
+            "dropped an incomplete record of %s (%d of %d variables): %s",
+            m.name,
+            len(values),
+            len(m.variables),
+            why,
+        )
+        return []
 
     def _record(self, m: Machine, time: str | None, values: dict[str, Any]) -> Envelope:
         """Encode the record envelope directly: the same bytes as ``orjson.dumps`` of

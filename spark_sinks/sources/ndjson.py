@@ -133,7 +133,7 @@ class NdjsonSource(Source):
                 continue
             rest = lines.pop()
             first = partial.take(lines[0])
-            if type(first) is SkippedLine:
+            if isinstance(first, SkippedLine):
                 lineno += 1
                 _too_long(feed, f"{label} line {lineno}", first, limit)
                 del lines[0]
@@ -155,7 +155,7 @@ class NdjsonSource(Source):
         if partial.size and not stop.is_set():
             lineno += 1
             last = partial.take(b"")
-            if type(last) is SkippedLine:
+            if isinstance(last, SkippedLine):
                 _too_long(feed, f"{label} line {lineno}", last, limit)
             elif last.strip():
                 try:
