@@ -20,7 +20,8 @@ from pydantic import BaseModel, SecretStr
 
 from . import __version__, logs
 from .config import Config, load_config
-from .errors import SparkSinksError
+from .errors import ConfigError, SparkSinksError
+from .metrics import check_operations
 from .plugins import LOAD_ENV, Registry, load_registry
 from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
 from .status import read_status, verdict
@@ -157,7 +158,12 @@ def summarise(report: Report) -> None:
 def check(config_path: Path) -> None:
     """Validate the config and run each enabled sink's connection check."""
     config, _ = _load(config_path)
+    ops = check_operations(config.operations)
+    if ops.problems:
+        raise ConfigError(f"{config_path}: {'; '.join(ops.problems)}")
     click.echo(f"config: ok ({len(config.machines)} machines, source {config.source.type})")
+    if ops.notes:
+        click.echo(f"operations: ok ({'; '.join(ops.notes)})")
     if log.getEffectiveLevel() >= logging.INFO:
         # Each verdict is printed below, once; a sink's own INFO line would repeat it.
         logging.getLogger("spark_sinks.sink").setLevel(logging.WARNING)

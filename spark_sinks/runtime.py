@@ -131,6 +131,9 @@ class Runtime:
     def start(self) -> None:
         """Start every enabled sink. One that cannot start is reported and the others run
         (its envelopes count as not delivered); only when none can start is it fatal."""
+        # the metrics port and the status file first: a fault there is exit 2 before any
+        # sink is opened or any data accepted
+        self.reporter.open(str(self.config.path))
         enabled = [spec for spec in self.config.sinks.values() if spec.config.enabled]
         for spec in enabled:
             if self.stop.is_set():
@@ -231,10 +234,7 @@ class Runtime:
             why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
             self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
         if self.config.operations.status_file:
-            try:
-                self.reporter.report(final=True)
-            except Exception as exc:
-                log.error("cannot write the final status: %s", exc)
+            self._final_report()
         report = self.report()
         for a in self.dispatcher.sinks:
             report.sinks.setdefault(a.name, a.stats.snapshot())
@@ -247,7 +247,13 @@ class Runtime:
         self.rejects.close()
         self.reporter.stop()
         if self.config.operations.stats_interval > 0 or self.config.operations.status_file:
+            self._final_report()
+
+    def _final_report(self) -> None:
+        try:
             self.reporter.report(final=True)
+        except Exception as exc:  # the data is delivered or accounted for: say so anyway
+            log.error("the final status report failed: %s: %s", type(exc).__name__, exc)
 
     def _retire(self, a: ActiveSink) -> None:
         """Flush and close a sink, keeping its final counters for the report."""

@@ -9,9 +9,14 @@ import contextlib
 import gc
 import io
 import json
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spark_sinks.cli import main
-from tests.helpers import MACHINES, run_cli
-from tests.support.moto_server import FAKE_CREDENTIALS
+from tests.helpers import CLI, MACHINES, run_cli
+from tests.support.moto_server import FAKE_CREDENTIALS, free_port
 from tests.support.streams import new_stream
 
 HEADLINES = ("OK: ", "PROBLEM: ", "STALE: ", "EXITED: ")
@@ -281,3 +286,115 @@ def test_check_prints_each_sinks_verdict_once(tmp_path, moto):
     assert out.count("sink cloud: ok") == 1 and out.count("sink out: ok") == 1, out
     # the verdicts are on stdout; the log repeats neither of them
     assert stream not in err and "ready" not in err, err
+
+
+# -- operational faults: refused before any data is accepted, or survived -----------------
+
+LINE = b'{"machine": "press-1", "values": {"temperature": 1.5, "count": 3}}\n'
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another program listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
+
+
+def assert_refused_before_data(result: Any, *needles: str) -> None:
+    """Exit 2, one line on stderr naming the problem, nothing delivered."""
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("spark-sinks: error: ") and all(n in err for n in needles), err
+    assert result.stdout in (b"", b"config: ok"), result.stdout  # no envelope went out
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_metrics_port_in_use_is_refused_before_any_data(tmp_path, busy_port, command):
+    cfg = write_config(tmp_path, metrics_port=busy_port)
+    result = run_cli(command, "-c", str(cfg), input=LINE * 3)
+    assert_refused_before_data(result, "operations.metrics_port", str(busy_port), "in use")
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("where", ["under a file", "a directory"])
+def test_an_unwritable_status_file_is_refused_before_any_data(tmp_path, command, where):
+    blocker = tmp_path / "blocker"
+    if where == "under a file":  # even root cannot create a file below a regular file
+        blocker.write_text("")
+        status = blocker / "run" / "status.json"
+    else:
+        status = blocker
+        status.mkdir()
+    cfg = write_config(tmp_path, status_file=str(status))
+    result = run_cli(command, "-c", str(cfg), input=LINE * 3)
+    assert_refused_before_data(result, "operations.status_file", str(status))
+
+
+def test_check_accepts_the_metrics_port_of_a_running_spark_sinks(tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path, metrics_port=port)
+    proc = subprocess.Popen(
+        [*CLI, "run", "-c", str(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _port_answers(port))
+        result = run_cli("check", "-c", str(cfg))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"metrics port {port} is served by a running spark-sinks" in result.stdout.decode()
+
+
+def test_a_status_file_that_becomes_unwritable_mid_run_never_stops_delivery(tmp_path):
+    run_dir = tmp_path / "run"
+    status = run_dir / "status.json"
+    port = free_port()
+    cfg = write_config(tmp_path, status_file=str(status), stats_interval=0.1, metrics_port=port)
+    proc = subprocess.Popen(
+        [*CLI, "run", "-c", str(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(LINE * 5)
+    proc.stdin.flush()
+    wait_until(lambda: status.exists() and orjson.loads(status.read_bytes())["input"]["items"] == 5)
+    shutil.rmtree(run_dir)
+    run_dir.write_text("now a file: the status file cannot be written, not even by root")
+    wait_until(lambda: _scrape(port).get("spark_sinks_status_write_errors_total", 0) >= 2)
+    out, err = proc.communicate(LINE * 5, timeout=30)
+    text = err.decode()
+    assert proc.returncode == 0, text  # everything was delivered
+    assert len(out.splitlines()) == 3 + 10  # the metadata of 3 machines, then 10 records
+    assert "sink 'out': 13 accepted, 13 delivered" in text
+    complaints = [x for x in text.splitlines() if "cannot write the status file" in x]
+    assert len(complaints) == 1 and "ERROR" in complaints[0], text
+    assert "Traceback" not in text and "internal error" not in text, text
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return {}
+    rows = (line.rsplit(" ", 1) for line in text.decode().splitlines() if line[:1] != "#")
+    return {k: float(v) for k, v in rows}
+
+
+def _port_answers(port: int) -> bool:
+    return bool(_scrape(port))
+
+
+def wait_until(what: Callable[[], Any], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
