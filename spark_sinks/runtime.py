@@ -196,6 +196,7 @@ class Runtime:
                 self._busy = "the source to stop"
                 self.pipeline.emit(self.assembler.all_metadata())
                 source.run(self.pipeline, self.stop)
+                self.pipeline.emit(self.assembler.finish())
         finally:
             self.pipeline.flush()
             self.shutdown()
@@ -336,6 +337,14 @@ class Runtime:
         except ConfigError as exc:
             log.error("reload rejected, the running configuration stays: %s", exc)
             return False
+        except Exception as exc:  # a bug must not end a daemon that runs fine
+            log.error(
+                "reload rejected, the running configuration stays: internal error: %s: %s",
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            log.debug("traceback", exc_info=True)
+            return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
         running = {a.name: a for a in self.dispatcher.sinks}
@@ -358,14 +367,11 @@ class Runtime:
                 del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
-        host_changed = new.host != self.assembler.host
-        self.assembler.host = new.host
         was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
-        changed = self.assembler.reconfigure(new.machines)
+        # open cycles of changed machines, then metadata of changed machines (of all with a
+        # new host) to the sinks that kept running ...
+        changed = self.assembler.reconfigure(new.machines, new.host)
         retired = sorted(was_publishing - {n for n, m in new.machines.items() if m.publishing})
-        if host_changed:
-            changed = self.assembler.all_metadata()
-        # metadata of changed machines to the sinks that kept running ...
         self.pipeline.emit(changed)
         if retired:
             self._machines_retired(retired)
