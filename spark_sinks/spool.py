@@ -521,6 +521,10 @@ class SpooledSink(Sink):
         self.inner.flush(left)
         self.spool.tidy()
 
+    def machines_retired(self, machines: Sequence[str]) -> None:
+        """Passed on at once: envelopes still in the spool reach the sink after it."""
+        self.inner.machines_retired(machines)
+
     def close(self) -> None:
         """Bounded by ``flush_timeout`` even during an outage: this instance is ending,
         so a write of the feeder waiting for space in the inner sink is told to stop."""
