@@ -115,6 +115,8 @@ def _summarise(report: Report) -> None:
     for name, s in report.sinks.items():
         missing = int(s["accepted"]) - int(s["delivered"])
         line = f"sink {name!r}: {s['accepted']} accepted, {s['delivered']} delivered"
+        if s.get("throttled"):
+            line += f" ({s['throttled']} throttled entries retried)"
         if not missing:
             log.info("%s", line)
             continue

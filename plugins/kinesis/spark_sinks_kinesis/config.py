@@ -11,7 +11,7 @@ import functools
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from spark_sinks import SinkConfig
 
@@ -87,6 +87,18 @@ def normalize_region(value: str) -> str:
     return region
 
 
+class ShardLimitsConfig(BaseModel):
+    """``shard_limits``: what Kinesis lets one shard take per second. The defaults are
+    Kinesis's limits, the same for provisioned and on-demand streams."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    records_per_second: float = Field(1000.0, gt=0, le=1_000_000)
+    """A KPL aggregate counts as one record."""
+    bytes_per_second: int = Field(MiB, ge=1024, le=1024 * MiB)
+    """Data plus partition key; a KPL aggregate counts with its full size."""
+
+
 class KinesisConfig(SinkConfig):
     """``sinks.<name>`` with ``type: kinesis``."""
 
@@ -139,6 +151,15 @@ class KinesisConfig(SinkConfig):
     (readable by aws-kinesis-agg's deaggregator and the KCL), at most one aggregate per
     key in a request, so that one machine's records keep their order even under retries.
     ``max_batch_records`` then counts aggregates per request."""
+
+    rate_limit: bool = True
+    """Meter every shard's writes before sending, as Kinesis meters them
+    (``shard_limits``), and adapt to the throttling the stream answers. ``off``: send as
+    fast as the lanes go and rely on retries (for emulators that do not meter)."""
+    shard_limits: ShardLimitsConfig = ShardLimitsConfig.model_validate({})
+    shard_refresh_seconds: float = Field(60.0, ge=0.1, le=86_400)
+    """How often the shard map is listed again (besides when a write lands on a shard the
+    map does not know), to follow splits, merges and on-demand scaling."""
 
     @model_validator(mode="before")
     @classmethod
