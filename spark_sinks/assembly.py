@@ -26,11 +26,13 @@ class InputError(ValueError):
 
 
 class _Cycle:
-    __slots__ = ("time", "values")
+    __slots__ = ("opened", "time", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.time: str | None = None
+        self.opened = 0
+        """``Assembler.position`` of the data point that opened this cycle."""
 
 
 class Assembler:
@@ -46,6 +48,9 @@ class Assembler:
         """Values of machines that are disabled or do not publish."""
         self.machines: dict[str, Machine] = {}
         self._cycles: dict[str, _Cycle] = {}
+        self.position = 0
+        """Number of the input item being fed, set by the pipeline: open cycles remember
+        where they began (see ``settled``)."""
         self.reconfigure(machines)
 
     # -- definitions -----------------------------------------------------------------
@@ -140,6 +145,7 @@ class Assembler:
             out.extend(self._incomplete(m, cycle, repeated=variable))
         if cycle.time is None:
             cycle.time = t
+            cycle.opened = self.position
         cycle.values[variable] = value
         if len(cycle.values) == len(m.variables):
             out.append(self._record(m, cycle.time, cycle.values))
@@ -178,6 +184,12 @@ class Assembler:
                 raise InputError(f"record of {m.name!r} lacks variables: {missing}")
             self.incomplete_emitted += 1
         return [self._record(m, t, values)]
+
+    def settled(self) -> int:
+        """The position before the oldest data point still waiting in an open cycle, or
+        the current position when none waits: every item up to it is out of the assembler."""
+        opened = [c.opened for c in self._cycles.values() if c.time is not None]
+        return min(opened) - 1 if opened else self.position
 
     def _incomplete(self, m: Machine, cycle: _Cycle, repeated: str) -> list[Envelope]:
         have = len(cycle.values)

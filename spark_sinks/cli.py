@@ -51,6 +51,7 @@ def _register_secrets(model: BaseModel) -> None:
 def _load(path: Path) -> tuple[Config, Registry]:
     registry = load_registry()
     config = load_config(path, registry)
+    _register_secrets(config.source)
     for spec in config.sinks.values():
         _register_secrets(spec.config)
     return config, registry

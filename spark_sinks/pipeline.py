@@ -59,6 +59,8 @@ class Pipeline:
         self.items = 0
         self.envelopes = 0
         self._pending: list[Envelope] = []
+        self._flushed = 0
+        """``items`` when envelopes were last dispatched (see ``settled``)."""
         self.between_batches: Callable[[], None] | None = None
         """Called after each dispatch, at a point where no item is half-processed
         (the runtime applies a requested reload there)."""
@@ -67,6 +69,7 @@ class Pipeline:
 
     def item(self, obj: Any, where: str, line: int | None = None) -> None:
         self.items += 1
+        self.assembler.position = self.items
         try:
             out = self.assembler.feed(obj)
         except InputError as exc:
@@ -77,6 +80,7 @@ class Pipeline:
 
     def point(self, machine: str, variable: str, value: Any, time: Any = None) -> None:
         self.items += 1
+        self.assembler.position = self.items
         try:
             out = self.assembler.add_point(machine, variable, value, time)
         except InputError as exc:
@@ -87,14 +91,21 @@ class Pipeline:
 
     def reject(self, where: str, reason: str, raw: bytes | None = None) -> None:
         self.items += 1
+        self.assembler.position = self.items
         self.rejects.add(where, reason, raw=raw)
 
     def flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
             self.dispatcher.dispatch(batch)
+            self._flushed = self.items
         if self.between_batches is not None:
             self.between_batches()
+
+    def settled(self) -> int:
+        if self._pending:  # not dispatched yet: nothing fed since the last flush counts
+            return min(self.assembler.settled(), self._flushed)
+        return self.assembler.settled()
 
     # ---------------------------------------------------------------------------------------
 

@@ -38,6 +38,14 @@ class Feed(Protocol):
     def flush(self) -> None:
         """Hand what is assembled to the sinks; call it before the source waits."""
 
+    def settled(self) -> int:
+        """How many of the items fed so far (``item``, ``point`` and ``reject`` calls, in
+        order from the start of the run) are settled: handed to the sinks, rejected or
+        dropped. An item stays unsettled while its data point waits in an open record,
+        and so does every item after it. For a source that acknowledges its input (the MQTT
+        source): right after ``flush``, acknowledge what produced items up to this count."""
+        ...
+
 
 class Source:
     type_name: ClassVar[str] = ""

@@ -91,6 +91,7 @@ def _first_occurrences(times: list[int]) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_aggregated_records_round_trip_through_aws_kinesis_agg_with_their_machine_key(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -215,6 +216,7 @@ def test_aggregates_respect_max_record_bytes_and_deliver_the_exact_envelopes(
     ],
     ids=["throttling-500s-resets", "with-lost-answers"],
 )
+@pytest.mark.slow
 def test_each_machine_keeps_its_order_under_throttling_500s_and_resets(
     moto, kinesis, proxy, make_stream, faults, lost_answers
 ):
@@ -305,7 +307,7 @@ def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_res
     ] + [("c", 1)]
     assert lane.bytes == shard.bytes == sum(e.size for e in left)
     assert lane.count == len(left)
-    units = KinesisSink._encode(groups)
+    units = sink._encode(groups)
     assert all(len(u.data) + 1 <= 1024 for u in units)
     assert units[0].data == aggregation.encode(b"a", [e.data for e in a])
 
