@@ -570,6 +570,8 @@ def rate_run(b: Bench, n: int, **sink: Any) -> RateRun:
             "rate",
             endpoint=proxy.url,
             shard_limits=RATE_LIMITS,
+            # scaled like the limits: a record must fit a second's budget (1 MiB in Kinesis)
+            max_record_bytes=64 * 1024,
             flush_timeout=600,  # the final flush sends most of the backlog
             **sink,
         )

@@ -116,8 +116,9 @@ def test_a_backlog_runs_near_the_shards_capacity_with_few_throttled_entries(
         f"{found['throttled']} of {found['sent']} entries throttled"
     )
     assert found["ideal"] >= 5  # a backlog of many seconds of the busiest shard
-    # the 1.1x target is measured in `make bench`; here a margin for a loaded machine
-    assert took <= 1.5 * found["ideal"] + 3
+    # the 1.1x target is measured in `make bench`; here only a wide margin (process start
+    # and a machine shared with other work), which a sender that backs off blindly misses
+    assert took <= 2.5 * found["ideal"] + 10
     assert found["throttled"] <= 0.05 * found["sent"]
     stored = found["stored"]
     assert len(stored) == 4_020

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from spark_sinks_kinesis.rate import CUT, ShardLimits, ShardMeter
+from spark_sinks_kinesis.rate import BURST_SECONDS, CUT, ShardLimits, ShardMeter
 
 
 @dataclass
@@ -90,13 +90,14 @@ def test_a_backlogged_shard_stays_within_its_limits_in_every_second_and_near_the
 
 def test_a_record_larger_than_the_burst_goes_alone_when_the_bucket_is_full_then_is_paid():
     meter = ShardMeter(ShardLimits(1000, 100_000), 0.0)
-    big = 60_000  # more than the 25,000-byte burst
+    burst = int(100_000 * BURST_SECONDS)
+    big = burst + 10_000  # more than the bucket holds, less than a second's limit
     assert meter.admits(1, big)
     assert not meter.admits(2, big + 100)  # only alone
     meter.spend(1, big)
     assert not meter.admits(1, 100)
-    # the debt is paid at the byte rate: 35,000 bytes owed plus a chunk of 5,000 bytes
-    assert abs(meter.wait_for(0.0, 1, 5_000, 5_000) - 0.4) < 1e-9
+    # the debt is paid at the byte rate: 10,000 bytes owed, then a chunk of 5,000 bytes
+    assert abs(meter.wait_for(0.0, 1, 5_000, 5_000) - 0.15) < 1e-9
     # and a second record as large waits for the first to leave the last second
     assert abs(meter.wait_for(0.0, 1, big, big) - 1.0) < 1e-9
     meter.refill(0.99)
