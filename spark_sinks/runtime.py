@@ -33,9 +33,9 @@ EXIT_REJECTED_INPUT = 3
 def start_sink(spec: SinkSpec, host: str, check: bool = True, probe: bool = False) -> ActiveSink:
     """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it.
 
-    A spooled sink whose check fails still starts, since its spool holds what it cannot
-    deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a running
-    process may own it, and a check must not deliver what it holds."""
+    A sink with a disk buffer whose check fails still starts, since its spool holds what
+    it cannot deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a
+    running process may own it, and a check must not deliver what it holds."""
     cls = spec.provided.cls
     ctx = SinkContext(spec.name, host, spec.config.dead_letter)
     label = f"sink {spec.name!r} ({cls.type_name} from {spec.provided.plugin.distribution})"
@@ -43,13 +43,19 @@ def start_sink(spec: SinkSpec, host: str, check: bool = True, probe: bool = Fals
         sink = cls(spec.config, ctx)
     except Exception as exc:
         raise SinkError(f"{label} failed to initialise: {type(exc).__name__}: {exc}") from exc
-    if spec.config.spool is not None and not probe:
-        sink = SpooledSink(sink, Spool(spec.config.spool.path, spec.name, spec.config.spool))
-    active = ActiveSink(spec.name, sink, spec.provided.plugin, spec.config.flush_timeout)
-    active.call("open", sink.open)
+    buffer = spec.config.buffer
+    disk = buffer.type == "disk"
+    if disk and not probe:
+        spool = buffer.spool()
+        sink = SpooledSink(sink, Spool(spool.path, spec.name, spool))
+    active = ActiveSink(
+        spec.name, sink, spec.provided.plugin, spec.config.flush_timeout, direct=disk or probe
+    )
+    # open and check run where the sink's writes will run (its worker), like every call
+    active.inlet.run(lambda: active.call("open", sink.open))
     if check:
         try:
-            active.checked = str(active.call("check", sink.check) or "ok")
+            active.checked = str(active.inlet.run(lambda: active.call("check", sink.check)) or "ok")
         except SinkError as exc:
             if isinstance(sink, SpooledSink):
                 # A gateway that boots before its network must not refuse to run: the
@@ -63,16 +69,11 @@ def start_sink(spec: SinkSpec, host: str, check: bool = True, probe: bool = Fals
     return active
 
 
-def stop_sink(active: ActiveSink) -> None:
-    """Flush, then close; never raises (failures are logged and counted)."""
-    try:
-        active.call("flush", active.sink.flush, active.flush_timeout)
-    except SinkError as exc:
-        log.error("%s", exc)
-    try:
-        active.call("close", active.sink.close)
-    except SinkError as exc:
-        log.error("%s", exc)
+def stop_sink(active: ActiveSink) -> bool:
+    """Drain its buffer, flush, then close, within its ``flush_timeout``; never raises
+    (failures are logged and counted). False when the sink was abandoned in a call that
+    did not return in time."""
+    return active.inlet.begin_stop(active.flush_timeout)()
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Runtime:
         self.pipeline.between_batches = self._between_batches
         self.reporter = Reporter(config.operations, self.snapshot)
         self._finished: dict[str, dict[str, Any]] = {}
+        self.abandoned: list[str] = []
+        """Sinks left still busy in a call after their flush_timeout (see ``buffer.py``)."""
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
 
@@ -170,8 +173,10 @@ class Runtime:
             a.sink.context.stopping.set()
 
     def shutdown(self) -> None:
-        for a in self.dispatcher.sinks:
-            self._retire(a)
+        # every sink drains at once; each within its own flush_timeout
+        stopping = [(a, a.inlet.begin_stop(a.flush_timeout)) for a in self.dispatcher.sinks]
+        for a, wait in stopping:
+            self._finish(a, wait())
         self.rejects.close()
         self.reporter.stop()
         if self.config.operations.stats_interval > 0 or self.config.operations.status_file:
@@ -179,7 +184,11 @@ class Runtime:
 
     def _retire(self, a: ActiveSink) -> None:
         """Flush and close a sink, keeping its final counters for the report."""
-        stop_sink(a)
+        self._finish(a, stop_sink(a))
+
+    def _finish(self, a: ActiveSink, stopped: bool) -> None:
+        if not stopped:
+            self.abandoned.append(a.name)
         self.dispatcher.remove(a.name)
         snap = a.stats.snapshot()
         prev = self._finished.get(a.name)
@@ -296,7 +305,7 @@ class Runtime:
             meta = self.assembler.all_metadata()
             single = Dispatcher()
             single.add(active)
-            single.dispatch(meta)
+            single.dispatch(meta)  # through its own buffer, ahead of anything else
             self.dispatcher.add(active)
         log.info(
             "reload applied: %d machines, sinks running: %s",
