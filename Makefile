@@ -3,15 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EDITABLES := -e . -e plugins/stdout -e plugins/kinesis
+EDITABLES := -e . -e plugins/stdout -e plugins/kinesis -e plugins/sparkplug -e plugins/mqtt-sink
 
-.PHONY: all venv run test lint format bench demo clean
+.PHONY: all venv run test test-fast typecheck lint format bench demo clean
 
 all: venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plugins/kinesis/pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plugins/kinesis/pyproject.toml \
+		plugins/sparkplug/pyproject.toml plugins/mqtt-sink/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(EDITABLES) -r requirements-dev.txt
@@ -24,6 +25,16 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Every plugin package under plugins/ (not the *.egg-info directories next to them).
+TYPED := spark_sinks $(dir $(wildcard plugins/*/spark_sinks_*/__init__.py))
+
+typecheck: venv
+	$(BIN)/mypy $(TYPED)
+
+# The quick loop while developing: everything not marked slow (`make test` runs it all).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.mosquitto import Certs, Mosquitto, make_certs, mosquitto_broker
 from tests.support.moto_server import MotoServer, moto_server
 
 
@@ -29,3 +31,24 @@ def aws_env(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+@pytest.fixture(scope="session")
+def mqtt_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """A test CA with a server and a client certificate (see tests/support/mosquitto.py)."""
+    return make_certs(tmp_path_factory.mktemp("mqtt-pki"))
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory, mqtt_certs: Certs) -> Iterator[Mosquitto]:
+    """One real Mosquitto broker for the session (plain, password and TLS listeners).
+    Tests sharing it use their own client ids and topics."""
+    with mosquitto_broker(tmp_path_factory.mktemp("mosquitto"), mqtt_certs) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto_own(tmp_path: Path, mqtt_certs: Certs) -> Iterator[Mosquitto]:
+    """A broker of this test's own, free to be stopped, killed and restarted."""
+    with mosquitto_broker(tmp_path / "mosquitto", mqtt_certs) as broker:
+        yield broker

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
@@ -129,13 +130,13 @@ def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = err["msg"]
+    msg: str = err["msg"]
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 

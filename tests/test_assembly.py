@@ -227,6 +227,7 @@ _json_values = st.recursive(
 @given(
     values=st.lists(_json_values, min_size=3, max_size=3), desc=st.text(), name=st.text(min_size=1)
 )
+@pytest.mark.slow
 def test_records_are_encoded_exactly_as_json_of_their_dictionary(values, desc, name):
     """Records are encoded from pre-encoded parts; the bytes must be those of the dict."""
     defs = {

@@ -30,6 +30,7 @@ def probe_env(tmp_path_factory):
     return environ(sites["spark-sinks-probe"])
 
 
+@pytest.mark.slow
 def test_plugins_lists_an_installed_plugin_with_its_hooks_and_types(probe_env):
     result = spark_sinks(probe_env, "plugins")
     assert result.returncode == 0, result.stderr

@@ -53,6 +53,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line or "error:" in line]
 
 
+@pytest.mark.slow
 def test_a_sink_failing_in_write_does_not_stop_the_others(probe_env, tmp_path):
     config = write_config(tmp_path, "  out: {type: stdout}\n  bad: {type: failing}\n")
     result = spark_sinks(probe_env, "run", "-c", config)

@@ -42,6 +42,7 @@ def guide_example(tmp_path_factory) -> dict[str, Path]:
     return {"dist": dist, "site": sites[dist.name], "config": config, "sqlite": sites[SQLITE.name]}
 
 
+@pytest.mark.slow
 def test_the_guide_example_is_listed_by_spark_sinks_plugins(guide_example):
     result = spark_sinks(environ(guide_example["site"]), "plugins", "--json")
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
@@ -64,6 +65,7 @@ def test_the_guide_example_runs_as_the_guide_says(guide_example, tmp_path):
     assert len((out / "press-1.jsonl").read_text().splitlines()) == 11  # as the guide shows
 
 
+@pytest.mark.slow
 def test_the_guide_examples_own_tests_pass(guide_example):
     dist = guide_example["dist"]
     result = subprocess.run(

@@ -118,6 +118,7 @@ def proxy(moto):
         yield p
 
 
+@pytest.mark.slow
 def test_kill_9_loses_nothing_that_was_accepted(tmp_path, kinesis, proxy):
     n = 2000
     stream = new_stream(kinesis, shards=4)
@@ -161,6 +162,7 @@ def _rss_kib(pid: int) -> int:
 MEMORY_BOUND_MB = 150
 
 
+@pytest.mark.slow
 def test_an_outage_under_load_loses_nothing_keeps_memory_bounded_and_recovers(
     tmp_path, kinesis, proxy
 ):
@@ -269,6 +271,7 @@ def test_check_never_touches_the_spool_of_a_running_process(tmp_path, kinesis, m
     assert not (tmp_path / "spool").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_outage_with_a_full_spool_exits_promptly_and_loses_nothing(
     tmp_path, kinesis, proxy
 ):

@@ -94,6 +94,7 @@ def content(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k not in POSITION}
 
 
+@pytest.mark.slow
 def test_plain_and_aggregated_streams_give_identical_tables(tables, moto, aws_env, tmp_path):
     lines = INPUT + many_lines(600)
     produce_into(tmp_path, moto, aws_env, "spark-plain", "none", lines)

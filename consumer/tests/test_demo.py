@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import CONSUMER_DIR
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_whole_pipeline_and_shows_the_stored_data():
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     done = subprocess.run(

@@ -67,6 +67,7 @@ def snapshot() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return scan("SparkData"), scan("SparkMetadata")
 
 
+@pytest.mark.slow
 def test_records_and_latest_metadata_travel_from_spark_sinks_to_dynamodb(
     tables, moto, aws_env, tmp_path, produced
 ):

@@ -9,6 +9,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from .conftest import CONSUMER_DIR
 from .producer import kinesis_event
 
@@ -25,6 +27,7 @@ def build(output: Path) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_make_zip_builds_a_package_whose_handler_imports_and_runs_from_the_unzipped_folder(
     tmp_path, tables, produced, aws_env
 ):
@@ -71,6 +74,7 @@ def test_make_zip_builds_a_package_whose_handler_imports_and_runs_from_the_unzip
     assert tables.scan(TableName="SparkData")["Count"] == len(produced.records)
 
 
+@pytest.mark.slow
 def test_the_zip_is_reproducible(tmp_path):
     first = build(tmp_path / "a" / "spark-consumer.zip").read_bytes()
     second = build(tmp_path / "b" / "spark-consumer.zip").read_bytes()

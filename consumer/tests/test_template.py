@@ -31,6 +31,7 @@ def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
 
+@pytest.mark.slow
 def test_cfn_lint_reports_nothing():
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     done = subprocess.run(
@@ -127,6 +128,7 @@ def test_the_function_role_has_least_privilege(template):
     assert all(granted[a] == [{"Fn::GetAtt": ["Stream", "Arn"]}] for a in kinesis)
 
 
+@pytest.mark.slow
 def test_the_stack_deployed_on_moto_stores_what_reaches_its_stream(
     moto, aws_env, monkeypatch, tmp_path, produced
 ):

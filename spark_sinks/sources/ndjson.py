@@ -32,6 +32,7 @@ class NdjsonConfig(SourceConfig):
 class NdjsonSource(Source):
     type_name = "ndjson"
     Config = NdjsonConfig
+    config: NdjsonConfig
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         path = self.config.path

@@ -24,6 +24,7 @@ class SimulatorConfig(SourceConfig):
 class SimulatorSource(Source):
     type_name = "simulator"
     Config = SimulatorConfig
+    config: SimulatorConfig
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         cfg = self.config

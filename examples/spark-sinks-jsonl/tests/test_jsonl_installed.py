@@ -61,6 +61,7 @@ def spark_sinks(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow
 def test_spark_sinks_lists_the_installed_plugin(installed):
     result = spark_sinks(installed, "plugins", "--json")
     assert result.returncode == 0, result.stderr

@@ -89,6 +89,7 @@ def _first_occurrences(times: list[int]) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_aggregated_records_round_trip_through_aws_kinesis_agg_with_their_machine_key(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -213,6 +214,7 @@ def test_aggregates_respect_max_record_bytes_and_deliver_the_exact_envelopes(
     ],
     ids=["throttling-500s-resets", "with-lost-answers"],
 )
+@pytest.mark.slow
 def test_each_machine_keeps_its_order_under_throttling_500s_and_resets(
     moto, kinesis, proxy, make_stream, faults, lost_answers
 ):

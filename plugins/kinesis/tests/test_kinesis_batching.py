@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from kinesis_helpers import open_sink, read_stream
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
@@ -69,6 +70,7 @@ def test_a_partial_batch_leaves_after_linger_ms_without_a_flush(moto, kinesis, p
     assert len(read_stream(kinesis, stream)) == 3
 
 
+@pytest.mark.slow
 def test_only_the_throttled_entries_are_retried_so_partial_failures_never_duplicate(
     moto, kinesis, proxy, make_stream
 ):

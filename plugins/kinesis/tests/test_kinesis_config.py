@@ -55,6 +55,7 @@ def test_a_bad_empty_or_missing_region_refuses_to_start_with_exit_2(tmp_path, re
     assert message in _one_line_error(proc)
 
 
+@pytest.mark.slow
 def test_a_missing_or_invalid_stream_name_refuses_to_start_with_exit_2(tmp_path):
     proc = run_cli("check", "-c", str(_config_with(tmp_path, stream_name=None)))
     assert proc.returncode == 2
@@ -130,6 +131,7 @@ def test_run_refuses_to_start_when_the_endpoint_is_unreachable(tmp_path):
     assert f"cannot reach the Kinesis endpoint {url}" in line
 
 
+@pytest.mark.slow
 def test_check_reports_bad_credentials_and_access_denied_without_leaking_the_secret(
     tmp_path, moto, make_stream
 ):
@@ -169,6 +171,7 @@ def test_check_reports_bad_credentials_and_access_denied_without_leaking_the_sec
         iam.delete_user(UserName="no-rights")
 
 
+@pytest.mark.slow
 def test_a_profile_from_the_shared_files_is_used_and_a_missing_one_is_named(
     tmp_path, moto, make_stream
 ):

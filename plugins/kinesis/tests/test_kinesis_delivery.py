@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
+import pytest
 from kinesis_helpers import (
     HOST,
     SPARK_SINKS,
@@ -27,6 +28,7 @@ def _records(read: list[dict]) -> list[dict]:
     return [r for r in read if r["envelope"]["type"] == "record"]
 
 
+@pytest.mark.slow
 def test_every_record_arrives_once_in_the_seed_format_with_its_machine_key(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -71,6 +73,7 @@ def test_every_record_arrives_once_in_the_seed_format_with_its_machine_key(
     assert len({next(iter(s)) for s in shards_of.values()}) > 1, "expected several shards in use"
 
 
+@pytest.mark.slow
 def test_records_of_a_machine_keep_their_order_without_retries(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -90,6 +93,7 @@ def test_records_of_a_machine_keep_their_order_without_retries(
         assert times == sorted(times), f"{machine} out of order"
 
 
+@pytest.mark.slow
 def test_connection_test_record_names_no_secret_and_can_be_disabled(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -154,6 +158,7 @@ def test_a_record_over_max_record_bytes_is_dead_lettered_and_the_rest_delivered(
     assert len(got) == 9 and "1970-01-01T00:00:01.003Z" not in got
 
 
+@pytest.mark.slow
 def test_a_record_the_stream_rejects_is_isolated_and_dead_lettered_without_blocking_others(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -188,6 +193,7 @@ def test_a_record_the_stream_rejects_is_isolated_and_dead_lettered_without_block
     assert len(_records(read_stream(kinesis, stream))) == 99
 
 
+@pytest.mark.slow
 def test_undeliverable_records_are_reported_with_counts_and_a_nonzero_exit(
     tmp_path, moto, proxy, make_stream
 ):

@@ -8,12 +8,14 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from kinesis_helpers import config, moto_auth, open_sink, read_stream, records_ndjson, run_cli
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
 from spark_sinks import Envelope, SinkContext
 
 
+@pytest.mark.slow
 def test_20000_records_all_arrive_through_throttling_errors_resets_and_slow_answers(
     tmp_path, moto, kinesis, proxy, make_stream
 ):
@@ -80,6 +82,7 @@ def _envelopes(n: int, size: int = 500, machines: int = 4) -> list[Envelope]:
     ]
 
 
+@pytest.mark.slow
 def test_write_blocks_at_the_buffer_bound_and_memory_stays_bounded(
     moto, kinesis, proxy, make_stream
 ):

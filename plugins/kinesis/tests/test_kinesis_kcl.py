@@ -71,6 +71,7 @@ def kcl_deaggregate(records: list[tuple[tuple[int, int], str, str, bytes]]) -> l
     return out
 
 
+@pytest.mark.slow
 def test_the_kcl_unpacks_every_aggregate_the_sink_wrote_into_the_same_user_records(
     tmp_path, moto, kinesis, make_stream
 ):
@@ -130,6 +131,7 @@ def _protobuf_datas(raw: bytes) -> list[bytes]:
     return [base64.b64decode(u["kinesis"]["data"]) for u in iter_deaggregate_records(event)]
 
 
+@pytest.mark.slow
 def test_the_kcl_harness_tells_a_broken_or_misplaced_aggregate_apart():
     """The checks above can fail: a wrong digest makes the KCL pass the bytes through as
     one plain record, and a key outside the shard's range makes it drop the records."""

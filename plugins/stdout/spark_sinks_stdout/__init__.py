@@ -26,6 +26,7 @@ _RESET = "\033[0m"
 class StdoutSink(Sink):
     type_name = "stdout"
     Config = StdoutConfig
+    config: StdoutConfig
 
     def open(self) -> None:
         self._out = sys.stdout.buffer

@@ -1,0 +1,521 @@
+"""The ``mqtt`` sink: publish each envelope, count it delivered when the broker has it.
+
+Data flow::
+
+    write() --publish--> paho client --> broker
+       |  (waits while max_in_flight are held)   |
+       +--> queue while not connected            +-- PUBACK --> on_publish --> events
+                                                                   |
+    control thread: connect, births, requeue on loss, acks --> context.delivered
+
+* QoS 1: an envelope is delivered when its PUBACK arrives; QoS 0 when paho has written
+  it to the socket (the broker may still lose it).
+* One paho client per MQTT connection. When a connection is lost, every envelope
+  published on it and not yet acknowledged goes back to the front of the queue, in
+  order, and is published again on the next connection (counted as retried; the broker
+  may then see it twice). The sink, not paho, keeps what is unacknowledged: a Sparkplug
+  session must start with a new NBIRTH and renumber every message, and a new bdSeq will
+  is needed for every CONNECT.
+* Reconnects back off exponentially (``reconnect_min_delay`` .. ``reconnect_max_delay``)
+  with jitter: each wait is drawn between half and all of the current delay.
+* paho calls back on its network thread while holding its own locks; callbacks only put
+  events on ``_events``, so they never wait for ``_lock`` (which ``write`` holds while it
+  calls into paho).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from spark_sinks_sparkplug import codec
+
+from spark_sinks import Envelope, Sink, SinkContext, SinkError
+
+from .config import MqttSinkConfig
+from .encoding import EdgeNode, EncodeError, JsonEncoder, Message
+
+_LOG_EVERY = 10.0
+POISON_LOSSES = 5
+"""Connections lost in a row with the same envelope first unacknowledged: that envelope is
+then dead-lettered, so that one the broker cannot take (over its packet size limit, say)
+never wedges the sink."""
+_SUCCESS = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+"""publish() results that leave the message with paho (NO_CONN: the connection just
+dropped; the loss event then requeues it)."""
+
+
+class _Ack(NamedTuple):
+    gen: int
+    mid: int
+
+
+class _Connack(NamedTuple):
+    gen: int
+    refused: str | None
+
+
+class _Lost(NamedTuple):
+    gen: int
+    reason: str
+
+
+class _Command(NamedTuple):
+    gen: int
+    payload: bytes
+
+
+_Event = _Ack | _Connack | _Lost | _Command
+
+
+@dataclass(eq=False)
+class _Connection:
+    gen: int
+    client: mqtt.Client
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class MqttSink(Sink):
+    type_name = "mqtt"
+    Config = MqttSinkConfig
+    buffered = True
+
+    config: MqttSinkConfig
+
+    def __init__(self, config: MqttSinkConfig, context: SinkContext) -> None:
+        super().__init__(config, context)
+        self._lock = threading.Lock()
+        """Owns everything below up to ``_events``: queue, in-flight, connection, encoders."""
+        self._space = threading.Condition(self._lock)
+        """Notified when envelopes are settled (room for writes, progress for flush)."""
+        self._queue: deque[Envelope] = deque()
+        self._inflight: dict[int, Envelope] = {}
+        """mid -> envelope published on the current connection, in publish order."""
+        self._held = 0
+        """Envelopes accepted and not yet reported delivered or dead-lettered."""
+        self._conn: _Connection | None = None
+        self._ready = False
+        """Connected, births sent and the queue drained: write may publish directly."""
+        self._suspect: Envelope | None = None
+        self._suspect_losses = 0
+        self._edge = EdgeNode(config, context.host) if config.format == "sparkplug_b" else None
+        self._json = JsonEncoder(config)
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._connected_once = threading.Event()
+        self._first_outcome = threading.Event()
+        """Set after the first connection attempt, whatever its result (for ``check``)."""
+        self._control: threading.Thread | None = None
+        # owned by the control thread (others only read _last_error, for messages)
+        self._gen = 0
+        self._attempts = 0
+        self._last_error = ""
+        self._last_log = 0.0
+        self._client_id = config.client_id or f"spark-sinks-{context.host}-{context.name}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._check_files()
+        if self.config.format == "sparkplug_b" and self.config.effective_qos == 0:
+            self.log.info(
+                "sparkplug_b at QoS 0, as its specification requires: an envelope counts as "
+                "delivered once written to the socket; set qos: 1 for acknowledged delivery"
+            )
+        self._control = threading.Thread(target=self._run, name=f"mqtt-{self.name}", daemon=True)
+        self._control.start()
+
+    def check(self) -> str:
+        cfg = self.config
+        where = f"{cfg.host}:{cfg.effective_port}"
+        # a TCP connect, TLS and CONNACK each take at most connect_timeout
+        self._first_outcome.wait(3 * cfg.connect_timeout)
+        if not self._connected_once.is_set():
+            why = self._last_error or f"no answer within {cfg.connect_timeout:g}s"
+            raise SinkError(f"cannot connect to MQTT broker {where}: {why}")
+        what = "Sparkplug B edge node" if self._edge else "JSON envelopes"
+        return f"connected to {where} as {self._client_id!r} ({what}, QoS {cfg.effective_qos})"
+
+    def write(self, envelopes: Sequence[Envelope]) -> None:
+        limit = self.config.max_in_flight
+        shutdown, stopping = self.context.shutdown, self.context.stopping
+        dead: list[tuple[Envelope, str]] = []
+        skipped: list[Envelope] = []
+        with self._lock:
+            for env in envelopes:
+                # Backpressure. Once the run is ending nobody waits: the flush deadline
+                # bounds the shutdown instead, and the bound is exceeded by one batch at most.
+                while self._held >= limit and not (shutdown.is_set() or stopping.is_set()):
+                    self._space.wait(0.2)
+                self._held += 1
+                if self._ready and not self._queue:
+                    self._publish(env, dead, skipped)
+                else:
+                    self._queue.append(env)
+        self._settle(dead, skipped)
+
+    def flush(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._held and not self.context.stopping.is_set():
+                wait = 0.2
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        break
+                self._space.wait(wait)
+            left = self._held
+        if left:
+            why = "stopped" if self.context.stopping.is_set() else "flush deadline"
+            state = "connected" if self._ready else f"not connected: {self._last_error}"
+            self.log.warning("%s: %d envelopes not yet acknowledged by the broker (%s)",
+                             why, left, state)  # fmt: skip
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._control is not None:
+            self._control.join(10)
+        with self._lock:
+            conn, self._conn, self._ready = self._conn, None, False
+        if conn is not None:
+            self._hang_up(conn, farewell=True)
+
+    # -- publishing (caller holds _lock) --------------------------------------------------
+
+    def _messages(self, env: Envelope) -> list[Message]:
+        if self._edge is not None:
+            return self._edge.encode(env)
+        return self._json.encode(env)
+
+    def _publish(
+        self, env: Envelope, dead: list[tuple[Envelope, str]], skipped: list[Envelope]
+    ) -> None:
+        """Publish one envelope on the current connection (lock held)."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            messages = self._messages(env)
+        except EncodeError as exc:
+            dead.append((env, str(exc)))
+            return
+        if not messages:  # nothing to send (metadata already born, connection test)
+            skipped.append(env)
+            return
+        for i, m in enumerate(messages):
+            try:
+                info = conn.client.publish(m.topic, m.payload, m.qos, m.retain)
+            except ValueError as exc:  # paho refuses the topic or the payload size
+                dead.append((env, f"MQTT refuses the message: {exc}"))
+                return
+            if info.rc not in _SUCCESS:
+                # paho could not take it (should not happen within max_in_flight): retry
+                # the whole envelope on the next connection
+                self._queue.appendleft(env)
+                poisoned = self._drop(conn, f"publish failed: {mqtt.error_string(info.rc)}")
+                if poisoned is not None:
+                    dead.append(poisoned)
+                return
+            if i == len(messages) - 1:
+                self._inflight[info.mid] = env
+
+    def _settle(self, dead: list[tuple[Envelope, str]], delivered: list[Envelope]) -> None:
+        """Report outside the lock (the spool's acknowledgement takes its own locks)."""
+        if not dead and not delivered:
+            return
+        for env, why in dead:
+            self.context.dead_letter(env, why)
+        if delivered:
+            self.context.delivered(delivered)
+        with self._lock:
+            self._held -= len(dead) + len(delivered)
+            self._space.notify_all()
+
+    # -- the control thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Connect, and reconnect after every failure or loss with a growing delay that is
+        reset only once a connection makes progress (an acknowledgement arrives): a broker
+        that accepts and then drops every connection is not hammered."""
+        cfg = self.config
+        delay = cfg.reconnect_min_delay
+        while not self._closing.is_set():
+            if self._conn is None:
+                if self._gen and self._closing.wait(random.uniform(delay / 2, delay)):
+                    return
+                delay = min(delay * 2, cfg.reconnect_max_delay)
+                self._connect()
+                continue
+            if self._pump(0.05):
+                delay = cfg.reconnect_min_delay
+
+    def _pump(self, wait: float) -> bool:
+        """Handle the events waiting (at least one, or ``wait`` seconds of none); True
+        when an envelope was acknowledged."""
+        try:
+            ev: _Event | None = self._events.get(timeout=wait)
+        except queue.Empty:
+            return False
+        acked: list[Envelope] = []
+        dead: list[tuple[Envelope, str]] = []
+        skipped: list[Envelope] = []
+        while ev is not None:
+            self._handle(ev, acked, dead, skipped)
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                ev = None
+        self._settle(dead, acked + skipped)
+        return bool(acked)
+
+    def _handle(
+        self,
+        ev: _Event,
+        acked: list[Envelope],
+        dead: list[tuple[Envelope, str]],
+        skipped: list[Envelope],
+    ) -> None:
+        with self._lock:
+            conn = self._conn
+            if conn is None or ev.gen != conn.gen:
+                return  # from a connection already given up
+            if isinstance(ev, _Ack):
+                env = self._inflight.pop(ev.mid, None)
+                if env is not None:
+                    acked.append(env)
+            elif isinstance(ev, _Lost):
+                poisoned = self._drop(conn, ev.reason)
+                if poisoned is not None:
+                    dead.append(poisoned)
+            elif (
+                isinstance(ev, _Command)
+                and self._edge is not None
+                and codec.is_rebirth_request(ev.payload)
+            ):
+                self.log.info("rebirth requested (NCMD): publishing NBIRTH and DBIRTHs")
+                self._births(conn)
+
+    def _drop(self, conn: _Connection, reason: str) -> tuple[Envelope, str] | None:
+        """The connection is gone: requeue what it did not get acknowledged (lock held).
+        Returns an envelope to dead-letter, with the reason, when it looks like the cause
+        (see ``POISON_LOSSES``)."""
+        if self._conn is not conn:
+            return None
+        self._conn, self._ready = None, False
+        conn.stop.set()
+        unacked = list(self._inflight.values())
+        self._inflight.clear()
+        poisoned = None
+        if unacked:
+            head = unacked[0]
+            if head is self._suspect:
+                self._suspect_losses += 1
+            else:
+                self._suspect, self._suspect_losses = head, 1
+            if self._suspect_losses >= POISON_LOSSES:
+                unacked.pop(0)
+                self._suspect = None
+                poisoned = (
+                    head,
+                    f"the broker closed the connection {POISON_LOSSES} times in a row "
+                    f"as this envelope was sent ({reason})",
+                )
+        self._queue.extendleft(reversed(unacked))
+        if unacked:
+            self.stats.add("retried", len(unacked))
+        self._error(
+            f"connection lost: {reason}; {len(unacked)} unacknowledged envelopes will be sent again"
+        )
+        return poisoned
+
+    def _connect(self) -> None:
+        """One connection attempt: CONNECT, CONNACK, births, then the queue."""
+        cfg = self.config
+        self._gen += 1
+        self._attempts += 1
+        client = self._new_client(self._gen)
+        conn = _Connection(self._gen, client)
+        try:
+            client.connect(cfg.host, cfg.effective_port, cfg.keepalive)
+        except (OSError, ValueError) as exc:
+            self._error(_describe(exc))
+            return
+        if self._edge is not None:
+            with self._lock:
+                self._edge.connect_sent()
+        conn.thread = threading.Thread(
+            target=self._network, args=(conn,), name=f"mqtt-{self.name}-net", daemon=True
+        )
+        conn.thread.start()
+        refused = self._await_connack(conn)
+        if refused is not None:
+            conn.stop.set()
+            self._error(refused)
+            return
+        dead: list[tuple[Envelope, str]] = []
+        skipped: list[Envelope] = []
+        with self._lock:
+            self._conn = conn
+            if self._edge is not None:
+                client.subscribe(self._edge.topic(codec.NCMD), qos=1)
+                self._births(conn)
+            while self._queue and self._conn is conn:
+                self._publish(self._queue.popleft(), dead, skipped)
+            self._ready = self._conn is conn
+        self._settle(dead, skipped)
+        if self._attempts > 1 or self._last_error:
+            self.log.info("connected to %s:%d after %d attempts", cfg.host,
+                          cfg.effective_port, self._attempts)  # fmt: skip
+        self._attempts = 0
+        self._last_error = ""
+        self._connected_once.set()
+        self._first_outcome.set()
+
+    def _await_connack(self, conn: _Connection) -> str | None:
+        """None when accepted, else why not; other events wait their turn."""
+        deadline = time.monotonic() + self.config.connect_timeout
+        later: list[_Event] = []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closing.is_set():
+                    return f"no CONNACK within {self.config.connect_timeout:g}s"
+                try:
+                    ev = self._events.get(timeout=min(left, 0.1))
+                except queue.Empty:
+                    continue
+                if isinstance(ev, _Connack) and ev.gen == conn.gen:
+                    return ev.refused
+                if isinstance(ev, _Lost) and ev.gen == conn.gen:
+                    tls = self.config.tls
+                    hint = (
+                        "; does it require a client certificate (tls.cert_file, tls.key_file)?"
+                        if tls is not None and tls.cert_file is None
+                        else ""
+                    )
+                    return f"the broker closed the connection before accepting it{hint}"
+                later.append(ev)
+        finally:
+            for ev in later:
+                self._events.put(ev)
+
+    def _births(self, conn: _Connection) -> None:
+        assert self._edge is not None
+        for m in self._edge.birth():
+            conn.client.publish(m.topic, m.payload, m.qos, m.retain)
+
+    def _new_client(self, gen: int) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            # Sparkplug requires a clean session; for JSON a persistent one keeps the
+            # session state across reconnects and restarts of either side
+            clean_session=self._edge is not None,
+            protocol=mqtt.MQTTv311,
+        )
+        client.max_inflight_messages_set(cfg.max_in_flight)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = cfg.connect_timeout
+        if cfg.username is not None:
+            pw = cfg.password.get_secret_value() if cfg.password is not None else None
+            client.username_pw_set(cfg.username, pw)
+        if cfg.tls is not None:
+            t = cfg.tls
+            client.tls_set(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if self._edge is not None:
+            with self._lock:
+                will = self._edge.will()
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=False)
+        events = self._events
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            refused = f"the broker refused the connection: {reason}" if reason.is_failure else None
+            events.put(_Connack(gen, refused))
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            events.put(_Ack(gen, mid))
+
+        def on_message(c: Any, userdata: Any, msg: Any) -> None:
+            events.put(_Command(gen, bytes(msg.payload)))
+
+        client.on_connect = on_connect
+        client.on_publish = on_publish
+        client.on_message = on_message
+        return client
+
+    def _network(self, conn: _Connection) -> None:
+        """The connection's network loop; ends when it is stopped or lost."""
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while not conn.stop.is_set():
+            rc = conn.client.loop(0.2)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if not conn.stop.is_set():
+            self._events.put(_Lost(conn.gen, mqtt.error_string(rc)))
+            return
+        if conn.client.is_connected():  # stopped by us: hang up, without a farewell
+            conn.client.disconnect()
+            conn.client.loop(0.2)
+
+    def _hang_up(self, conn: _Connection, farewell: bool) -> None:
+        """Close a connection: a Sparkplug node first publishes its NDEATH."""
+        if farewell and self._edge is not None:
+            death = self._edge.death()
+            info = conn.client.publish(death.topic, death.payload, death.qos)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(2.0)
+        conn.stop.set()  # the network thread sends the DISCONNECT and ends
+        if conn.thread is not None:
+            conn.thread.join(5)
+
+    def _error(self, message: str) -> None:
+        """Remember and log a connection problem (at most every 10 s while it repeats)."""
+        self._last_error = message
+        self._first_outcome.set()
+        self.stats.error(message)
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY:
+            self._last_log = now
+            self.log.error("MQTT broker %s:%d: %s", self.config.host,
+                           self.config.effective_port, message)  # fmt: skip
+
+    def _check_files(self) -> None:
+        tls = self.config.tls
+        if tls is None:
+            return
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is not None:
+                try:
+                    path.open("rb").close()
+                except OSError as exc:
+                    raise SinkError(f"tls.{key} {str(path)!r}: {exc.strerror}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running on that port?)"
+    if isinstance(exc, TimeoutError | OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"

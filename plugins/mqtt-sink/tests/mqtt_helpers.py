@@ -1,0 +1,115 @@
+"""Helpers for the MQTT sink tests: configs, NDJSON input, and running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from tests.helpers import CLI
+from tests.support.mosquitto import Mosquitto
+
+MACHINES: dict[str, Any] = {
+    "press-1": {
+        "info": {"name": "press-1", "description": "Hydraulic press"},
+        "variables": {
+            "seq": {"name": "seq", "format": "uint32"},
+            "temperature": {"name": "temperature", "format": "double", "description": "Oil"},
+            "delta": {"name": "delta", "format": "int8"},
+            "state": {"name": "state", "format": "char"},
+        },
+    },
+    "press-2": {
+        "info": {"name": "press-2"},
+        "variables": {
+            "seq": {"name": "seq", "format": "uint32"},
+            "ok": {"name": "ok", "format": "bool"},
+            "profile": {"name": "profile", "format": "int16", "array": True},
+            "extra": {"name": "extra", "format": "object"},
+        },
+    },
+}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def records(n: int, start: int = 0) -> list[dict[str, Any]]:
+    """Whole records alternating between the two machines; ``seq`` numbers them."""
+    out = []
+    for i in range(start, start + n):
+        t = f"2026-11-26T10:{(i // 60) % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z"
+        if i % 2:
+            values = {
+                "seq": i,
+                "ok": i % 3 == 0,
+                "profile": [i % 100, -(i % 50)],
+                "extra": {"i": i},
+            }
+            out.append({"machine": "press-2", "time": t, "values": values})
+        else:
+            values = {"seq": i, "temperature": i / 8, "delta": (i % 256) - 128, "state": f"s{i}"}
+            out.append({"machine": "press-1", "time": t, "values": values})
+    return out
+
+
+def ndjson(items: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in items)
+
+
+def mqtt_block(broker: Mosquitto, **overrides: Any) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "mqtt",
+        "host": broker.host,
+        "port": broker.port,
+        "client_id": unique("sink"),
+        "topic": unique("t") + "/{host}/{machine}/{type}",
+        "flush_timeout": 20,
+        "connect_timeout": 3,
+        "reconnect_min_delay": 0.1,
+        "reconnect_max_delay": 0.5,
+    }
+    block.update(overrides)
+    return block
+
+
+def write_config(path: Path, sinks: dict[str, Any], **overrides: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "host": "gw-test",
+        "machines": MACHINES,
+        "source": {"type": "ndjson", "path": "-"},
+        "sinks": sinks,
+    }
+    cfg.update(overrides)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def spawn(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CLI, "run", "-c", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def prefix_of(block: dict[str, Any]) -> str:
+    return str(block["topic"]).split("/", 1)[0]
+
+
+def seq_numbers(payloads: list[bytes]) -> list[int]:
+    """The ``seq`` value of every record envelope among ``payloads``."""
+    out = []
+    for p in payloads:
+        env = orjson.loads(p)
+        if env["type"] == "record":
+            out.append(env["data"]["attributes"]["seq"]["value"])
+    return out

@@ -1,0 +1,59 @@
+"""spark-sinks-sparkplug: Sparkplug B payloads for spark-sinks' MQTT sink and source.
+
+A library, not a plugin: it registers no hooks. ``codec`` maps Spark formats onto
+Sparkplug datatypes and builds and decodes NBIRTH, NDEATH, DBIRTH, DDATA and DDEATH
+payloads; ``sparkplug_b_pb2`` is generated from ``sparkplug_b.proto`` (see that file for
+how to regenerate it).
+"""
+
+from __future__ import annotations
+
+from .codec import (
+    BD_SEQ,
+    NAMESPACE,
+    REBIRTH,
+    MetricDef,
+    MetricValue,
+    Payload,
+    Sequence256,
+    SparkplugError,
+    Topic,
+    datatype_for,
+    dbirth,
+    ddata,
+    ddeath,
+    decode,
+    is_rebirth_request,
+    metric_defs,
+    nbirth,
+    ndeath,
+    parse_topic,
+    record_values,
+    spark_time_ms,
+    topic,
+)
+
+__all__ = [
+    "BD_SEQ",
+    "NAMESPACE",
+    "REBIRTH",
+    "MetricDef",
+    "MetricValue",
+    "Payload",
+    "Sequence256",
+    "SparkplugError",
+    "Topic",
+    "datatype_for",
+    "dbirth",
+    "ddata",
+    "ddeath",
+    "decode",
+    "is_rebirth_request",
+    "metric_defs",
+    "nbirth",
+    "ndeath",
+    "parse_topic",
+    "record_values",
+    "spark_time_ms",
+    "topic",
+]

@@ -1,0 +1,81 @@
+"""The Mosquitto fixture does what the MQTT plugins' tests rely on: each listener lets in
+exactly whom it should, and a restart keeps persistent sessions with their queued messages."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from tests.support.mosquitto import PASSWORD, USER, Client, Mosquitto
+
+
+def test_anonymous_round_trip(mosquitto: Mosquitto) -> None:
+    sub = Client(mosquitto, "fixture-sub").connect()
+    sub.subscribe("fixture/plain/#")
+    pub = Client(mosquitto, "fixture-pub").connect()
+    pub.publish("fixture/plain/a", b"hello")
+    got = sub.wait_for(1)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [("fixture/plain/a", b"hello", 1)]
+    sub.close()
+    pub.close()
+
+
+def test_password_listener(mosquitto: Mosquitto) -> None:
+    Client(mosquitto, port=mosquitto.auth_port, username=USER, password=PASSWORD).connect().close()
+    with pytest.raises(ConnectionRefusedError):
+        Client(mosquitto, port=mosquitto.auth_port, username=USER, password="wrong").connect()
+    with pytest.raises(ConnectionRefusedError):
+        Client(mosquitto, port=mosquitto.auth_port).connect()
+
+
+def test_tls_requires_a_client_certificate(mosquitto: Mosquitto) -> None:
+    sub = Client(mosquitto, "fixture-tls", tls=True).connect()
+    sub.subscribe("fixture/tls")
+    sub.publish("fixture/tls", b"over tls")
+    assert [m.payload for m in sub.wait_for(1)] == [b"over tls"]
+    sub.close()
+    # without a client certificate the broker ends the handshake (with TLS 1.3 the client
+    # learns it at its first read)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _handshake(mosquitto, mosquitto.certs.ca, client_cert=False)
+    # a client that trusts another CA refuses the broker
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(mosquitto, mosquitto.certs.other_ca, client_cert=True)
+    assert _handshake(mosquitto, mosquitto.certs.ca, client_cert=True) == CONNACK_OK
+
+
+CONNECT = bytes.fromhex("101000044d5154540402001e0004746c7331")  # MQTT 3.1.1, client "tls1"
+CONNACK_OK = bytes.fromhex("20020000")
+
+
+def _handshake(broker: Mosquitto, ca: Path, client_cert: bool) -> bytes:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if client_cert:
+        ctx.load_cert_chain(broker.certs.client_cert, broker.certs.client_key)
+    with (
+        socket.create_connection((broker.host, broker.tls_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(CONNECT)
+        answer = tls.recv(4)
+        if not answer:
+            raise ConnectionError("the broker closed the connection")
+        return answer
+
+
+def test_restart_keeps_a_persistent_session(mosquitto_own: Mosquitto) -> None:
+    sub = Client(mosquitto_own, "fixture-durable", clean=False).connect()
+    sub.subscribe("fixture/durable", qos=1)
+    sub.close()
+    pub = Client(mosquitto_own, "fixture-durable-pub").connect()
+    for i in range(5):
+        pub.publish("fixture/durable", b"%d" % i)
+    pub.close()
+    mosquitto_own.restart()
+    again = Client(mosquitto_own, "fixture-durable", clean=False).connect()
+    got = again.wait_for(5)
+    assert sorted(m.payload for m in got) == [b"0", b"1", b"2", b"3", b"4"]
+    again.close()
