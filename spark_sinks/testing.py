@@ -55,7 +55,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import orjson
 import pluggy
@@ -72,6 +72,7 @@ from .sink import Sink, SinkConfig
 
 __all__ = ["MISSING", "Invalid", "SinkContract", "SinkHarness", "sample_envelopes"]
 
+T = TypeVar("T")
 HOST = "contract-host"
 NAME = "contract"
 
@@ -289,6 +290,12 @@ class SinkHarness:
         active = self._active()
         self.closed = True
         active.inlet.run(lambda: active.call("close", active.sink.close), last=True)
+
+    def on_worker(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the sink's worker thread and return its result: for a test that
+        reaches into the sink's state bound to that thread (e.g. a ``sqlite3``
+        connection made in ``open``)."""
+        return self._active().inlet.run(fn)
 
     def _active(self) -> ActiveSink:
         assert self.active is not None, "call start() first"
