@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EDITABLES := -e . -e plugins/stdout -e plugins/kinesis -e plugins/sparkplug -e plugins/mqtt-sink
+# the MQTT source plugin (its own line, so that other plugins' lines merge cleanly)
+EDITABLES += -e plugins/mqtt-source
 
 .PHONY: all venv run test test-fast typecheck lint format bench demo clean
 
@@ -17,6 +19,8 @@ $(STAMP): pyproject.toml requirements-dev.txt plugins/stdout/pyproject.toml plug
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(EDITABLES) -r requirements-dev.txt
 	touch $(STAMP)
+
+$(STAMP): plugins/mqtt-source/pyproject.toml
 
 run: venv
 	$(BIN)/spark-sinks run -c config/example.yaml

@@ -13,6 +13,11 @@ Cases, each on a fresh 4-shard stream of the same moto server process:
   f      core      the core alone (ndjson source -> pipeline -> dispatch) into a sink that
                    discards after ``to_json()``; no network (see ``core_case.py``)
   f-bare loop      a bare Python loop building and encoding the same envelopes
+  mqtt   sink      ``spark-sinks run`` with the ndjson source and the mqtt sink (QoS 1,
+                   JSON) into a local Mosquitto, whole process, like (c)
+  mqtt-bare loop   a bare paho-mqtt publish loop over the same envelopes at QoS 1, up to
+                   the sink's max_in_flight unacknowledged, until every PUBACK is in; a
+                   process of its own, timed the same way (see ``mqtt_bare_case.py``)
 
 Then one long run for peak RSS: ``spark-sinks run`` of 1,000,000 records into the
 kinesis sink configured as in (d).
@@ -197,6 +202,11 @@ class Bench:
     inner: dict[str, list[float]] = field(default_factory=dict)
     """(e), (e-kpl): the rate measured inside the process, from the Producer's start."""
     core_first: dict[str, str] = field(default_factory=dict)
+    mqtt_records: int = 20_000
+    mqtt_broker: Any = None
+    mqtt_bare_inner: list[float] = field(default_factory=list)
+    """(mqtt-bare): the rate from its connect to the last PUBACK."""
+    """A local Mosquitto for the mqtt cases, started on first use (``mqtt_broker_started``)."""
     _async_python: str | None = None
     _async_error: str | None = None
 
@@ -424,6 +434,58 @@ def case_bare_loop(b: Bench) -> float:
     return core_case(b, "bare")
 
 
+def mqtt_broker_started(b: Bench) -> Any:
+    if b.mqtt_broker is None:
+        from tests.support.mosquitto import Mosquitto, find_program, make_certs
+
+        try:
+            find_program()
+        except Exception as exc:
+            raise NotRun(str(exc)) from None
+        b.mqtt_broker = Mosquitto(b.work / "mosquitto", make_certs(b.work / "pki")).start()
+    return b.mqtt_broker
+
+
+def case_mqtt(b: Bench) -> float:
+    """(mqtt) ``spark-sinks run``: ndjson file -> assembly -> mqtt sink, QoS 1."""
+    broker = mqtt_broker_started(b)
+    ds = b.dataset(b.mqtt_records)
+    cfg = {
+        "host": HOST,
+        "machines": machines_config(),
+        "source": {"type": "ndjson", "path": str(ds.ndjson)},
+        "sinks": {"broker": {"type": "mqtt", "host": broker.host, "port": broker.port,
+                             "qos": 1, "client_id": f"bench-{uuid.uuid4().hex[:8]}"}},
+    }  # fmt: skip
+    path = b.work / "mqtt.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {"PATH": "/usr/bin:/bin", "SPARK_SINKS_LOAD_PLUGINS": "mqtt_sink"}
+    exe = str(Path(sys.executable).parent / "spark-sinks")
+    took, _ = b.run_proc([exe, "run", "-c", str(path)], env)  # exit 0: all acknowledged
+    return ds.n / took
+
+
+def case_mqtt_bare(b: Bench) -> float:
+    """(mqtt-bare) a bare paho-mqtt QoS 1 loop over the same envelopes, whole process."""
+    broker = mqtt_broker_started(b)
+    ds = b.dataset(b.mqtt_records)
+    path = b.work / f"mqtt-{ds.n}.tsv"
+    if not path.exists():
+        with path.open("wb") as fh:
+            for data, _ in ds.records:
+                machine = orjson.loads(data)["data"]["machine"]
+                fh.write(f"spark/{HOST}/{machine}/record\t".encode() + data + b"\n")
+    script = str(ROOT / "bench" / "mqtt_bare_case.py")
+    took, out = b.run_proc(
+        [sys.executable, script, broker.host, str(broker.port), str(path)],
+        {"PATH": "/usr/bin:/bin"},
+    )
+    result = json.loads(out)
+    assert result["acknowledged"] == result["messages"] == ds.n, result
+    b.mqtt_bare_inner.append(ds.n / result["seconds"])
+    return ds.n / took
+
+
 CASES: list[tuple[str, str, Callable[[Bench], float]]] = [
     ("a", "seed: boto3 put_record loop", case_seed_put_record),
     ("b", "bare boto3 put_records loop, 500/request", case_bare_put_records),
@@ -433,6 +495,8 @@ CASES: list[tuple[str, str, Callable[[Bench], float]]] = [
     ("e-kpl", "async-kinesis Producer, KPL processor", case_async_kinesis_kpl),
     ("f", "core alone: ndjson -> pipeline -> dispatch -> discard", case_core),
     ("f-bare", "bare loop: orjson parse, same envelope, orjson encode", case_bare_loop),
+    ("mqtt", "spark-sinks run, mqtt sink, QoS 1, local Mosquitto", case_mqtt),
+    ("mqtt-bare", "bare paho-mqtt publish loop, QoS 1, all PUBACKs", case_mqtt_bare),
 ]
 RATIOS = [
     ("c/a", "c", "a", 25.0),
@@ -441,6 +505,7 @@ RATIOS = [
     ("c/e", "c", "e", 2.0),
     ("d/e-kpl", "d", "e-kpl", 1.25),
     ("f/f-bare", "f", "f-bare", 0.5),
+    ("mqtt/mqtt-bare", "mqtt", "mqtt-bare", 0.8),
 ]
 ABSOLUTE = [("f", 50_000.0)]
 RSS_TARGET_MB = 150.0
@@ -508,6 +573,13 @@ def report(
             + ", ".join(f"({k}) {v:,.0f}" for k, v in inner.items())
             + " records/s.",
         ]
+    if b.mqtt_bare_inner:
+        lines += [
+            "",
+            f"(mqtt) and (mqtt-bare) send {b.mqtt_records} records to a local Mosquitto and "
+            "are timed from process start to exit. Timed from its connect to the last PUBACK, "
+            f"the bare loop made {statistics.median(b.mqtt_bare_inner):,.0f} records/s.",
+        ]
     lines += ["", "| target | value | goal |", "|---|---:|---:|"]
     for name, num, den, target in RATIOS:
         if num in rates and den in rates:
@@ -534,6 +606,7 @@ def main() -> None:
     ap.add_argument("--seed-records", type=int, default=0, help="records for (a); default: as (b)")
     ap.add_argument("--core-records", type=int, default=200_000, help="records for (f)")
     ap.add_argument("--rss-records", type=int, default=1_000_000, help="0: no long RSS run")
+    ap.add_argument("--mqtt-records", type=int, default=20_000, help="records for the mqtt cases")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each case; median counts")
     ap.add_argument("--seed-repeat", type=int, default=1, help="runs of (a), which is slow")
     ap.add_argument("--only", default="", help="comma list of case keys, e.g. b,c,e-kpl")
@@ -549,6 +622,7 @@ def main() -> None:
                 args.records,
                 args.seed_records or args.records,
                 core_records=args.core_records,
+                mqtt_records=args.mqtt_records,
             )
             b.dataset(args.records)
             runs: dict[str, list[float]] = {}
@@ -578,6 +652,8 @@ def main() -> None:
             text = report(b, runs, not_run, args.repeat, args.seed_repeat, long_run)
         finally:
             moto.stop()
+            if "b" in locals() and b.mqtt_broker is not None:  # b: unset if Bench() raised
+                b.mqtt_broker.stop()
     took = time.perf_counter() - t_start
     text += f"\nWhole run: {took:.0f} s.\n"
     print()

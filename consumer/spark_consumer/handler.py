@@ -1,10 +1,11 @@
 """The Lambda entry point: ``spark_consumer.handler.lambda_handler``.
 
-Each Kinesis record of the batch is deaggregated (KPL) and every envelope in it is
-stored. A record whose envelope can never be stored is logged with its sequence number and
-skipped; a record that fails for any other reason (DynamoDB throttling, an outage) is
-reported in ``batchItemFailures``, so Lambda retries it and what follows it, and the records
-before it are not redone. Every write is idempotent, so a retried record lands once.
+Each Kinesis record of the batch is decompressed (gzip or zstd, told by its first bytes),
+deaggregated (KPL) and every envelope in it is stored. A record whose envelope can never be
+stored is logged with its sequence number and skipped; a record that fails for any other
+reason (DynamoDB throttling, an outage) is reported in ``batchItemFailures``, so Lambda
+retries it and what follows it, and the records before it are not redone. Every write is
+idempotent, so a retried record lands once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 
+from .compression import decompress
 from .envelope import BadRecord, ConnectionTest, Metadata, Position, Record, decode
 from .store import DEFAULT_DATA_TABLE, DEFAULT_METADATA_TABLE, Store
 
@@ -108,14 +110,19 @@ class Consumer:
         whole Kinesis record failed (its already stored user records are rewritten
         idempotently on the retry)."""
         sequence_number = record.kinesis.sequence_number
+        raw = record.raw_event
         try:
-            _payload(record.kinesis.get("data"))
+            payload = _payload(record.kinesis.get("data"))
+            data = decompress(payload)
         except BadRecord as exc:
             self.count("skipped")
             logger.error("skipping bad record %s: %s", sequence_number, exc)
             return
+        if data is not payload:  # deaggregate (or decode) what was compressed
+            text = base64.b64encode(data).decode("ascii")
+            raw = {**raw, "kinesis": {**raw["kinesis"], "data": text}}
         try:
-            for user_record in iter_deaggregate_records(record.raw_event):
+            for user_record in iter_deaggregate_records(raw):
                 self.process_user_record(user_record["kinesis"])
         except Exception:
             logger.exception("failed to store record %s; it will be retried", sequence_number)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def sink_config(endpoint: str, stream: str, aggregation: str) -> str:
+def sink_config(endpoint: str, stream: str, aggregation: str, compression: str = "none") -> str:
     return CONFIG.replace(
         "sinks: {out: {type: stdout, format: json}}",
         "sinks:\n"
@@ -32,7 +32,8 @@ def sink_config(endpoint: str, stream: str, aggregation: str) -> str:
         "    region: us-east-1\n"
         f"    endpoint_url: {endpoint}\n"
         "    linger_ms: 10\n"
-        f"    aggregation: {aggregation}\n",
+        f"    aggregation: {aggregation}\n"
+        f"    compression: {compression}\n",
     )
 
 
@@ -57,12 +58,14 @@ def many_lines(n: int) -> list[dict[str, Any]]:
     return lines
 
 
-def produce_into(tmp_path, moto, aws_env, stream: str, aggregation: str, lines) -> None:
+def produce_into(
+    tmp_path, moto, aws_env, stream: str, aggregation: str, lines, compression: str = "none"
+) -> None:
     kinesis = moto.client("kinesis")
     kinesis.create_stream(StreamName=stream, ShardCount=2)
     kinesis.get_waiter("stream_exists").wait(StreamName=stream)
     path = tmp_path / f"{stream}.yaml"
-    path.write_text(sink_config(moto.url, stream, aggregation))
+    path.write_text(sink_config(moto.url, stream, aggregation, compression))
     done = subprocess.run(
         [spark_sinks_cli(), "run", "-c", str(path)],
         input="".join(json.dumps(line) + "\n" for line in lines),
@@ -113,3 +116,21 @@ def test_plain_and_aggregated_streams_give_identical_tables(tables, moto, aws_en
     # the second stream really was aggregated: a few Kinesis records for 600+ envelopes
     assert plain_records == len(lines) + 3 + 1  # records, metadata, connection test
     assert kpl_records < 20
+
+
+@pytest.mark.slow
+def test_compressed_streams_give_the_same_tables_as_the_plain_one(tables, moto, aws_env, tmp_path):
+    """Every compression setting, with and without aggregation: identical items."""
+    lines = INPUT + many_lines(100)
+    produce_into(tmp_path, moto, aws_env, "spark-plain", "none", lines)
+    _, plain_data, plain_meta = consume(moto, "spark-plain")
+    assert len(plain_data) == len(lines) and len(plain_meta) == 3
+    for compression in ("gzip", "zstd"):
+        for aggregation in ("none", "kpl"):
+            stream = f"spark-{compression}-{aggregation}"
+            produce_into(tmp_path, moto, aws_env, stream, aggregation, lines, compression)
+            records, data, meta = consume(moto, stream)
+            assert [content(i) for i in data] == [content(i) for i in plain_data], stream
+            assert [content(i) for i in meta] == [content(i) for i in plain_meta], stream
+            if aggregation == "kpl":
+                assert records < 20, stream

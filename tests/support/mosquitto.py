@@ -298,6 +298,7 @@ class Client:
             clean_session=clean,
             protocol=mqtt.MQTTv311,
         )
+        self._mqtt.max_inflight_messages_set(1000)  # for publish_many
         if username is not None:
             self._mqtt.username_pw_set(username, password)
         if tls:
@@ -341,6 +342,12 @@ class Client:
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait until the broker has it (PUBACK at QoS 1)."""
         self._mqtt.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+    def publish_many(self, messages: list[tuple[str, bytes]], qos: int = 1) -> None:
+        """Publish without waiting for each acknowledgement, then wait for all of them."""
+        infos = [self._mqtt.publish(t, p, qos=qos) for t, p in messages]
+        for info in infos:
+            info.wait_for_publish(30)
 
     @property
     def messages(self) -> list[Received]:

@@ -8,7 +8,10 @@ and one line naming the key (``sinks.<name>.region: ...``).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
+import urllib.parse
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -53,6 +56,61 @@ UI_REGION_NAMES: dict[str, str] = {
 """The region names the original module's UI offered, mapped to region codes."""
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+_STREAM_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
+    r"stream/(?P<name>[^/\s]+)"
+)
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
+_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+ROLE_DURATION_MIN = 900
+ROLE_DURATION_MAX = 43_200
+"""AssumeRole's bounds for DurationSeconds (the role's own maximum may be lower)."""
+
+
+class StreamArn:
+    """The parts of a Kinesis stream ARN, or ValueError naming what is wrong."""
+
+    def __init__(self, text: str) -> None:
+        m = _STREAM_ARN.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(
+                f"{text!r} is not a Kinesis stream ARN "
+                "(arn:aws:kinesis:<region>:<12-digit account>:stream/<name>)"
+            )
+        self.region = m["region"]
+        self.name = m["name"]
+        if not _STREAM_NAME.fullmatch(self.name):
+            raise ValueError(f"the stream name in {text!r} is not a valid Kinesis stream name")
+        if self.region not in kinesis_regions():
+            raise ValueError(f"the region in {text!r} is not one where Kinesis is available")
+
+
+def _check_url(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.strip()
+    if not _URL.fullmatch(v):
+        raise ValueError(f"{v!r} is not an http:// or https:// URL")
+    return v
+
+
+def proxy_parts(url: str) -> urllib.parse.SplitResult:
+    """The parsed proxy URL, or ValueError that never repeats the URL (it may hold a
+    password)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(
+            "is not an http:// or https:// proxy URL (http://[user:password@]host:port)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("a proxy URL has no path: http://[user:password@]host:port")
+    return parts
 
 
 @functools.cache
@@ -93,9 +151,14 @@ class KinesisConfig(SinkConfig):
     type: Literal["kinesis"] = "kinesis"
 
     stream_name: str
-    """The Kinesis data stream; it must exist in ``region``."""
+    """The Kinesis data stream; it must exist in ``region``. Filled in from ``stream_arn``
+    when that is given instead."""
+    stream_arn: str | None = None
+    """The stream's ARN instead of ``stream_name`` (e.g. a stream of another account,
+    reached through its resource policy); every call then names the stream by ARN."""
     region: str
-    """A region code (``eu-west-1``) or the original module's UI name (``EU (Ireland)``)."""
+    """A region code (``eu-west-1``) or the original module's UI name (``EU (Ireland)``);
+    taken from ``stream_arn`` when not given."""
     endpoint_url: str | None = None
     """Another endpoint, e.g. a local emulator (``http://127.0.0.1:5000``). Without it
     boto3's own rules apply, including the ``AWS_ENDPOINT_URL`` variable."""
@@ -106,6 +169,30 @@ class KinesisConfig(SinkConfig):
     profile: str | None = None
     """A profile of the shared AWS config files. Without keys and profile, boto3's
     default chain applies (environment, shared files, container or instance role)."""
+
+    role_arn: str | None = None
+    """An IAM role to assume (STS AssumeRole) with the credentials above; its temporary
+    credentials are renewed by botocore before they expire."""
+    external_id: str | None = None
+    role_session_name: str | None = None
+    """Shown in the stream account's CloudTrail; ``spark-sinks`` when not given."""
+    duration_seconds: int = Field(3600, ge=ROLE_DURATION_MIN, le=ROLE_DURATION_MAX)
+    """Lifetime of the assumed role's credentials (the role's maximum session duration
+    must allow it)."""
+    sts_endpoint_url: str | None = None
+    """Another STS endpoint for AssumeRole (e.g. a VPC endpoint). Without it botocore's
+    rules apply, including ``AWS_ENDPOINT_URL_STS``."""
+
+    proxy: SecretStr | None = None
+    """An HTTP(S) proxy for every AWS call of this sink: ``http://[user:password@]host:port``.
+    The URL is never logged."""
+    ca_bundle: str | None = None
+    """A PEM file of the certificate authorities to trust (e.g. a TLS-inspecting proxy or
+    a private endpoint) instead of the built-in ones. Verification always stays on."""
+    use_fips_endpoint: bool = False
+    """Use the FIPS 140 endpoints of Kinesis (and STS)."""
+    use_dualstack_endpoint: bool = False
+    """Use the IPv4/IPv6 endpoints of Kinesis (and STS)."""
 
     max_batch_records: int = Field(PUT_RECORDS_MAX_RECORDS, ge=1, le=PUT_RECORDS_MAX_RECORDS)
     max_batch_bytes: int = Field(5 * MiB, ge=1024, le=REQUEST_MAX_BYTES)
@@ -140,6 +227,12 @@ class KinesisConfig(SinkConfig):
     key in a request, so that one machine's records keep their order even under retries.
     ``max_batch_records`` then counts aggregates per request."""
 
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    """Compress each Kinesis record's data (each aggregate with ``aggregation: kpl``);
+    limits apply to the compressed bytes. Consumers must then decompress: the one in
+    ``consumer/`` tells the formats apart by their first bytes. ``zstd`` needs the
+    ``zstandard`` package (``spark-sinks-kinesis[zstd]``)."""
+
     @model_validator(mode="before")
     @classmethod
     def _aggregation_defaults(cls, data: Any) -> Any:
@@ -150,6 +243,26 @@ class KinesisConfig(SinkConfig):
         ):
             return {**data, "max_batch_bytes": AGGREGATED_BATCH_BYTES}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stream_from_arn(cls, data: Any) -> Any:
+        """``stream_arn`` stands for ``stream_name`` (and ``region`` when not given)."""
+        if not isinstance(data, dict) or data.get("stream_arn") is None:
+            return data
+        if data.get("stream_name") is not None:
+            raise ValueError("give either stream_name or stream_arn, not both")
+        arn = data["stream_arn"]
+        if not isinstance(arn, str):
+            return data  # the field's own type check reports it
+        try:
+            parts = StreamArn(arn)
+        except ValueError:
+            return {**data, "stream_name": "-"}  # stream_arn's validator names the problem
+        filled = {**data, "stream_name": parts.name}
+        if filled.get("region") is None:
+            filled["region"] = parts.region
+        return filled
 
     @field_validator("stream_name")
     @classmethod
@@ -172,14 +285,78 @@ class KinesisConfig(SinkConfig):
             return normalize_region(v)
         return v
 
-    @field_validator("endpoint_url")
+    @field_validator("stream_arn")
+    @classmethod
+    def _stream_arn(cls, v: str | None) -> str | None:
+        if v is not None:
+            StreamArn(v)
+            v = v.strip()
+        return v
+
+    @field_validator("endpoint_url", "sts_endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
+        return _check_url(v)
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role_arn(cls, v: str | None) -> str | None:
+        if v is not None and not _ROLE_ARN.fullmatch(v.strip()):
+            raise ValueError(
+                f"{v!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+            )
+        return None if v is None else v.strip()
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id(cls, v: str | None) -> str | None:
+        if v is not None and not _EXTERNAL_ID.fullmatch(v):
+            raise ValueError(
+                "must be 2-1224 characters: letters, digits and any of _+=,.@:/-"
+            )  # not echoed: an external id is often treated like a shared secret
+        return v
+
+    @field_validator("role_session_name")
+    @classmethod
+    def _session_name(cls, v: str | None) -> str | None:
+        if v is not None and not _SESSION_NAME.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not a role session name "
+                "(2-64 characters: letters, digits and any of _+=,.@-)"
+            )
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            proxy_parts(v.get_secret_value())
+            v = SecretStr(v.get_secret_value().strip())
+        return v
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        v = v.strip()
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
-            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        path = Path(v).expanduser()
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"file {v!r} not found") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {v!r}: {exc.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{v!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return str(path)
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, v: str) -> str:
+        if v == "zstd" and importlib.util.find_spec("zstandard") is None:
+            raise ValueError(
+                "zstd needs the zstandard package: pip install 'spark-sinks-kinesis[zstd]'"
+            )
         return v
 
     @field_validator("access_key_id", "profile")
@@ -216,4 +393,27 @@ class KinesisConfig(SinkConfig):
             )
         if self.retry_max_ms < self.retry_base_ms:
             raise ValueError("retry_max_ms must be at least retry_base_ms")
+        if self.stream_arn is not None:
+            arn_region = StreamArn(self.stream_arn).region
+            if arn_region != self.region:
+                raise ValueError(
+                    f"region {self.region!r} differs from the region of stream_arn "
+                    f"({arn_region!r}); remove region or make them agree"
+                )
+        if self.role_arn is None:
+            given = self.model_fields_set & {
+                "external_id",
+                "role_session_name",
+                "duration_seconds",
+                "sts_endpoint_url",
+            }
+            if given:
+                raise ValueError(f"{', '.join(sorted(given))} only apply with role_arn")
         return self
+
+    @property
+    def stream(self) -> dict[str, str]:
+        """How API calls name the stream: ``StreamARN`` or ``StreamName``."""
+        if self.stream_arn is not None:
+            return {"StreamARN": self.stream_arn}
+        return {"StreamName": self.stream_name}

@@ -40,8 +40,8 @@ from typing import Any
 
 from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
 
-from . import aggregation, wire
-from .config import KinesisConfig, shared_session
+from . import aggregation, compression, wire
+from .config import KinesisConfig
 from .keys import partition_key
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,15 @@ class KinesisSink(Sink):
         self._shard_starts: list[int] | None = None
         self._client: Any = None
         self._endpoint = config.endpoint_url
+        self._stream = config.stream
+        """``StreamName`` or ``StreamARN``: how every call names the stream."""
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._aggregate = config.aggregation == "kpl"
+        self._compress = compression.compressor(config.compression)
+        self._compress_each = self._compress is not None and not self._aggregate
+        """Compress each record as it is queued; with aggregation, aggregates are
+        compressed as they are sent instead."""
         self._send_bytes = config.max_batch_bytes
         """Queued bytes at which a lane sends at once."""
         if self._aggregate:
@@ -187,51 +193,16 @@ class KinesisSink(Sink):
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:
-        import botocore.config
-        import botocore.exceptions
-        import botocore.session
+        from . import access  # loads botocore: only when a Kinesis sink really starts
 
         cfg = self.config
-        secret = cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
-        token = cfg.session_token.get_secret_value() if cfg.session_token else None
-        try:
-            if cfg.profile is None:
-                session = shared_session()
-            else:
-                session = botocore.session.Session(profile=cfg.profile)
-        except botocore.exceptions.ProfileNotFound:
-            raise SinkError(
-                f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SinkError(f"cannot set up AWS credentials: {exc}") from None
-
-        conf = botocore.config.Config(
-            region_name=cfg.region,
+        self._client = access.kinesis_client(
+            cfg,
             # The sender owns retrying ("until shutdown"): botocore makes one attempt.
             retries={"mode": "standard", "total_max_attempts": 1},
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
             max_pool_connections=cfg.max_in_flight + 2,
             parameter_validation=False,  # entries are built here, always well-formed
-            tcp_keepalive=True,
         )
-        try:
-            self._client = session.create_client(
-                "kinesis",
-                region_name=cfg.region,
-                endpoint_url=cfg.endpoint_url,
-                aws_access_key_id=cfg.access_key_id,
-                aws_secret_access_key=secret,
-                aws_session_token=token,
-                config=conf,
-            )
-        except botocore.exceptions.ProfileNotFound:
-            raise SinkError(
-                f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SinkError(f"cannot create the Kinesis client: {exc}") from None
         wire.install(self._client)
         self._endpoint = self._client.meta.endpoint_url
         for lane in self._lanes:
@@ -244,7 +215,7 @@ class KinesisSink(Sink):
     def check(self) -> str:
         cfg = self.config
         try:
-            summary = self._client.describe_stream_summary(StreamName=cfg.stream_name)[
+            summary = self._client.describe_stream_summary(**self._stream)[
                 "StreamDescriptionSummary"
             ]
         except Exception as exc:
@@ -284,12 +255,13 @@ class KinesisSink(Sink):
         from botocore.exceptions import ClientError
 
         key = partition_key(test.host, None)
+        data = self._pack_unit(test.to_json(), len(key.encode("utf-8")))
         delay = 0.1
         for attempt in range(5):
             try:
                 resp = self._client.put_records(
-                    StreamName=self.config.stream_name,
-                    Records=[{"Data": test.to_json(), "PartitionKey": key}],
+                    **self._stream,
+                    Records=[{"Data": data, "PartitionKey": key}],
                 )
             except ClientError as exc:
                 code, _, status = error_code(exc)
@@ -326,13 +298,13 @@ class KinesisSink(Sink):
             k = keys.get((env.host, env.machine))
             if k is None:
                 k = self._key(env.host, env.machine)
+            if self._compress_each:
+                packed = self._packed(env, data, k[1])
+                if packed is None:
+                    continue
+                data = packed
             size = len(data) + k[1]
-            if size > max_record:
-                self.context.dead_letter(
-                    env,
-                    f"record of {size} bytes (data and partition key) exceeds "
-                    f"max_record_bytes ({max_record})",
-                )
+            if size > max_record and not self._fits_compressed(env, data, k[1]):
                 continue
             entries.append((env, data, k[0], size, k[2]))
         if not entries:
@@ -405,6 +377,55 @@ class KinesisSink(Sink):
                 "closed with %d records not delivered to stream %r", left, self.config.stream_name
             )
 
+    # -- compression --------------------------------------------------------------------
+
+    def _packed(self, env: Envelope, data: bytes, key_bytes: int) -> bytes | None:
+        """Without aggregation: the record's data as sent (compressed), or None after
+        dead-lettering a record that cannot fit."""
+        assert self._compress is not None
+        packed = compression.pack(self._compress, data, self.config.max_record_bytes - key_bytes)
+        if packed is None:
+            self._too_large(env, data, key_bytes)
+        return packed
+
+    def _fits_compressed(self, env: Envelope, data: bytes, key_bytes: int) -> bool:
+        """For a record over ``max_record_bytes`` as it is: with aggregation and
+        compression it is still sent (alone, compressed) when that fits; otherwise it is
+        dead-lettered here."""
+        limit = self.config.max_record_bytes - key_bytes
+        if (
+            self._aggregate
+            and self._compress is not None
+            and compression.pack(self._compress, data, limit) is not None
+        ):
+            return True
+        self._too_large(env, data, key_bytes)
+        return False
+
+    def _too_large(self, env: Envelope, data: bytes, key_bytes: int) -> None:
+        cfg = self.config
+        if len(data) > compression.DECOMPRESSED_MAX_BYTES:
+            reason = (
+                f"record data of {len(data)} bytes exceeds the "
+                f"{compression.DECOMPRESSED_MAX_BYTES} bytes a consumer decompresses"
+            )
+        else:
+            how = f" even with {cfg.compression} compression" if self._compress else ""
+            reason = (
+                f"record of {len(data) + key_bytes} bytes (data and partition key) exceeds "
+                f"max_record_bytes ({cfg.max_record_bytes}){how}"
+            )
+        self.context.dead_letter(env, reason)
+
+    def _pack_unit(self, data: bytes, key_bytes: int) -> bytes:
+        """The data as sent of a record compressed when it is sent: an aggregate, a lone
+        record with aggregation, the connection test. Only what fits is queued, so
+        ``pack`` returns bytes here."""
+        if self._compress is None:
+            return data
+        packed = compression.pack(self._compress, data, self.config.max_record_bytes - key_bytes)
+        return data if packed is None else packed
+
     # -- sending ------------------------------------------------------------------------
 
     def _load_shard_map(self) -> None:
@@ -412,7 +433,7 @@ class KinesisSink(Sink):
         only (concurrent requests then never touch the same shard)."""
         starts: list[int] = []
         try:
-            kwargs: dict[str, Any] = {"StreamName": self.config.stream_name}
+            kwargs: dict[str, Any] = dict(self._stream)
             while True:
                 resp = self._client.list_shards(**kwargs)
                 for shard in resp.get("Shards", []):
@@ -548,19 +569,21 @@ class KinesisSink(Sink):
         lane.bytes -= taken
         return list(groups.values())
 
-    @staticmethod
-    def _encode(groups: list[list[Entry]]) -> list[Any]:
+    def _encode(self, groups: list[list[Entry]]) -> list[Any]:
         """One Kinesis record per group, shaped like an entry whose first item is the group:
-        a KPL aggregate, or the plain record when the group has one record."""
+        a KPL aggregate, or the plain record when the group has one record; compressed
+        with ``compression``."""
         units: list[Any] = []
         for members in groups:
             first = members[0]
-            if len(members) == 1:
-                units.append((members, first[1], first[2], first[3], first[4]))
-                continue
             key = first[2]
+            if len(members) == 1:
+                klen = first[3] - len(first[1])
+                data = self._pack_unit(first[1], klen)
+                units.append((members, data, key, len(data) + klen, first[4]))
+                continue
             raw = key.encode("utf-8")
-            data = aggregation.encode(raw, [m[1] for m in members])
+            data = self._pack_unit(aggregation.encode(raw, [m[1] for m in members]), len(raw))
             units.append((members, data, key, len(data) + len(raw), first[4]))
         return units
 
@@ -612,7 +635,7 @@ class KinesisSink(Sink):
         out = _Outcome()
         try:
             resp = self._client.put_records(
-                StreamName=self.config.stream_name,
+                **self._stream,
                 Records=[{"Data": e[1], "PartitionKey": e[2]} for e in batch],
             )
         except ClientError as exc:
@@ -743,11 +766,21 @@ class KinesisSink(Sink):
         """An operator's sentence for a boto3 failure; never contains secrets."""
         from botocore import exceptions as bx
 
+        from .access import AssumeRoleError, masked_proxy
+
         cfg = self.config
         stream = f"Kinesis stream {cfg.stream_name!r} in {cfg.region}"
+        if cfg.stream_arn is not None:  # name the account too: it may not be ours
+            stream = f"Kinesis stream {cfg.stream_arn}"
         where = f" at {self._endpoint}" if cfg.endpoint_url or self._endpoint else ""
         if isinstance(exc, bx.ClientError):
             code, msg, status = error_code(exc)
+            if status == 407 and cfg.proxy is not None:
+                return (
+                    f"the proxy {masked_proxy(cfg.proxy.get_secret_value())} refused the "
+                    f"credentials given in proxy ({what}: HTTP 407 Proxy Authentication "
+                    "Required)"
+                )
             if code in NOT_FOUND_CODES:
                 return f"{stream} not found{where} ({what}: {code})"
             if code in ACCESS_CODES:
@@ -764,11 +797,23 @@ class KinesisSink(Sink):
             return f"{what} on {stream} failed: {code or 'HTTP ' + str(status)}" + (
                 f": {msg}" if msg else ""
             )
+        if isinstance(exc, AssumeRoleError):
+            return f"{exc} ({what} on {stream})"
         if isinstance(exc, bx.NoCredentialsError):
             return (
                 f"no AWS credentials found for {stream}: set access_key_id and "
                 "secret_access_key, or profile, or provide them through the environment, "
                 "the shared credentials file or an instance role"
+            )
+        if isinstance(exc, bx.ProxyConnectionError) and cfg.proxy is not None:
+            return (
+                f"cannot reach {stream} through the proxy "
+                f"{masked_proxy(cfg.proxy.get_secret_value())} ({what}): {exc}"
+            )
+        if isinstance(exc, bx.SSLError):
+            return (
+                f"the TLS certificate of {self._endpoint} is not trusted ({what}): {exc}; "
+                "set ca_bundle to the PEM file of the authority that signed it"
             )
         if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
             return f"cannot reach the Kinesis endpoint {self._endpoint} ({what}): {exc}"

@@ -301,7 +301,7 @@ def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_res
         ("a", i) for i in range(len(a), 12)
     ] + [("c", 1)]
     assert lane.bytes == sum(e[3] for e in left)
-    units = KinesisSink._encode(groups)
+    units = sink._encode(groups)
     assert all(len(u[1]) + 1 <= 1024 for u in units)
     assert units[0][1] == aggregation.encode(b"a", [e[1] for e in a])
 

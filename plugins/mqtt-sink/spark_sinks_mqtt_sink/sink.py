@@ -4,7 +4,7 @@ Data flow::
 
     write() --publish--> paho client --> broker
        |  (waits while max_in_flight are held)   |
-       +--> queue while not connected            +-- PUBACK --> on_publish --> events
+       +--> queue while not connected            +-- PUBACK --> on_publish --> _acks
                                                                    |
     control thread: connect, births, requeue on loss, acks --> context.delivered
 
@@ -19,8 +19,9 @@ Data flow::
 * Reconnects back off exponentially (``reconnect_min_delay`` .. ``reconnect_max_delay``)
   with jitter: each wait is drawn between half and all of the current delay.
 * paho calls back on its network thread while holding its own locks; callbacks only put
-  events on ``_events``, so they never wait for ``_lock`` (which ``write`` holds while it
-  calls into paho).
+  PUBACKs on ``_acks`` and other events on ``_events``, so they never wait for ``_lock``
+  (which ``write`` holds while it calls into paho). The control thread takes the PUBACKs
+  in batches, every ``_ACK_POLL`` seconds while envelopes are in flight.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from .config import MqttSinkConfig
 from .encoding import EdgeNode, EncodeError, JsonEncoder, Message
 
 _LOG_EVERY = 10.0
+_ACK_POLL = 0.005
+"""Seconds between batches of acknowledgements while envelopes are in flight."""
 POISON_LOSSES = 5
 """Connections lost in a row with the same envelope first unacknowledged: that envelope is
 then dead-lettered, so that one the broker cannot take (over its packet size limit, say)
@@ -75,7 +78,7 @@ class _Command(NamedTuple):
     payload: bytes
 
 
-_Event = _Ack | _Connack | _Lost | _Command
+_Event = _Connack | _Lost | _Command
 
 
 @dataclass(eq=False)
@@ -112,6 +115,8 @@ class MqttSink(Sink):
         self._edge = EdgeNode(config, context.host) if config.format == "sparkplug_b" else None
         self._json = JsonEncoder(config)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._acks: deque[_Ack] = deque()
+        """PUBACKs (QoS 0: writes) from paho's thread; deque appends and pops are atomic."""
         self._closing = threading.Event()
         self._connected_once = threading.Event()
         self._first_outcome = threading.Event()
@@ -256,44 +261,52 @@ class MqttSink(Sink):
                 delay = min(delay * 2, cfg.reconnect_max_delay)
                 self._connect()
                 continue
-            if self._pump(0.05):
+            if self._pump():
                 delay = cfg.reconnect_min_delay
 
-    def _pump(self, wait: float) -> bool:
-        """Handle the events waiting (at least one, or ``wait`` seconds of none); True
-        when an envelope was acknowledged."""
+    def _pump(self) -> bool:
+        """Handle what paho reported since the last call, waiting a little for it; True
+        when an envelope was acknowledged. Acknowledgements are taken in batches (one wake-up
+        per batch, not per PUBACK): that is most of the sink's cost per message."""
+        wait = _ACK_POLL if self._inflight else 0.05  # a racy read is fine: a wait length
+        events: list[_Event] = []
         try:
-            ev: _Event | None = self._events.get(timeout=wait)
+            events.append(self._events.get(timeout=wait))
+            while True:
+                events.append(self._events.get_nowait())
         except queue.Empty:
-            return False
+            pass
+        # taken after the events, so every PUBACK that came before a loss is handled first
+        acks = self._take_acks()
         acked: list[Envelope] = []
         dead: list[tuple[Envelope, str]] = []
         skipped: list[Envelope] = []
-        while ev is not None:
-            self._handle(ev, acked, dead, skipped)
-            try:
-                ev = self._events.get_nowait()
-            except queue.Empty:
-                ev = None
+        with self._lock:
+            conn = self._conn
+            for gen, mid in acks:
+                env = self._inflight.pop(mid, None) if conn and conn.gen == gen else None
+                if env is not None:
+                    acked.append(env)
+        for ev in events:
+            self._handle(ev, dead, skipped)
         self._settle(dead, acked + skipped)
         return bool(acked)
 
+    def _take_acks(self) -> list[_Ack]:
+        acks = self._acks
+        out = []
+        while acks:
+            out.append(acks.popleft())
+        return out
+
     def _handle(
-        self,
-        ev: _Event,
-        acked: list[Envelope],
-        dead: list[tuple[Envelope, str]],
-        skipped: list[Envelope],
+        self, ev: _Event, dead: list[tuple[Envelope, str]], skipped: list[Envelope]
     ) -> None:
         with self._lock:
             conn = self._conn
             if conn is None or ev.gen != conn.gen:
                 return  # from a connection already given up
-            if isinstance(ev, _Ack):
-                env = self._inflight.pop(ev.mid, None)
-                if env is not None:
-                    acked.append(env)
-            elif isinstance(ev, _Lost):
+            if isinstance(ev, _Lost):
                 poisoned = self._drop(conn, ev.reason)
                 if poisoned is not None:
                     dead.append(poisoned)
@@ -442,14 +455,14 @@ class MqttSink(Sink):
             with self._lock:
                 will = self._edge.will()
             client.will_set(will.topic, will.payload, qos=will.qos, retain=False)
-        events = self._events
+        events, acks = self._events, self._acks
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
             refused = f"the broker refused the connection: {reason}" if reason.is_failure else None
             events.put(_Connack(gen, refused))
 
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-            events.put(_Ack(gen, mid))
+            acks.append(_Ack(gen, mid))
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
             events.put(_Command(gen, bytes(msg.payload)))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.mosquitto import Client, Mosquitto, Received
+from tests.support.mosquitto import Client, Mosquitto
 
 
 @pytest.fixture
@@ -24,16 +23,3 @@ def subscriber(mosquitto: Mosquitto) -> Iterator[Callable[..., Client]]:
     yield make
     for c in made:
         c.close()
-
-
-def settled(client: Client, quiet: float = 0.3, limit: float = 10.0) -> list[Received]:
-    """What ``client`` received once nothing more has arrived for ``quiet`` seconds."""
-    deadline = time.monotonic() + limit
-    seen = -1
-    while time.monotonic() < deadline:
-        got = client.messages
-        if len(got) == seen:
-            return got
-        seen = len(got)
-        time.sleep(quiet)
-    return client.messages

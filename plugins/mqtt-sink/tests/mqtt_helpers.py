@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import orjson
 import yaml
 
 from tests.helpers import CLI
-from tests.support.mosquitto import Mosquitto
+from tests.support.mosquitto import Client, Mosquitto, Received
 
 MACHINES: dict[str, Any] = {
     "press-1": {
@@ -113,3 +114,16 @@ def seq_numbers(payloads: list[bytes]) -> list[int]:
         if env["type"] == "record":
             out.append(env["data"]["attributes"]["seq"]["value"])
     return out
+
+
+def settled(client: Client, quiet: float = 0.3, limit: float = 10.0) -> list[Received]:
+    """What ``client`` received once nothing more has arrived for ``quiet`` seconds."""
+    deadline = time.monotonic() + limit
+    seen = -1
+    while time.monotonic() < deadline:
+        got = client.messages
+        if len(got) == seen:
+            return got
+        seen = len(got)
+        time.sleep(quiet)
+    return client.messages

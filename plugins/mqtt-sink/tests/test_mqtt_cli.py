@@ -22,11 +22,11 @@ from mqtt_helpers import (
     prefix_of,
     records,
     seq_numbers,
+    settled,
     spawn,
     write_config,
 )
 
-from conftest import settled
 from tests.helpers import CLI
 from tests.support.mosquitto import PASSWORD, USER, Client, Mosquitto
 

@@ -8,10 +8,9 @@ from typing import Any
 import orjson
 import pytest
 import spark_sinks_mqtt_sink
-from mqtt_helpers import mqtt_block, prefix_of
+from mqtt_helpers import mqtt_block, prefix_of, settled
 from spark_sinks_mqtt_sink import MqttSink
 
-from conftest import settled
 from spark_sinks.testing import MISSING, Invalid, SinkContract
 from tests.support.mosquitto import Client, Mosquitto
 

@@ -12,12 +12,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mqtt_helpers import mqtt_block, prefix_of
+from mqtt_helpers import mqtt_block, prefix_of, settled
 from spark_sinks_mqtt_sink import MqttSink
 from spark_sinks_mqtt_sink.sink import POISON_LOSSES
 from spark_sinks_sparkplug.codec import topic_problem
 
-from conftest import settled
 from spark_sinks import METADATA, RECORD, Envelope
 from spark_sinks.testing import SinkHarness
 from tests.support.mosquitto import Certs, Client, Mosquitto

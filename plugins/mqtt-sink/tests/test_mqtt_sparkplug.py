@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
-from mqtt_helpers import MACHINES, mqtt_block, ndjson, records, spawn, unique, write_config
+from mqtt_helpers import MACHINES, mqtt_block, ndjson, records, settled, spawn, unique, write_config
 from spark_sinks_mqtt_sink import MqttSinkConfig
 from spark_sinks_mqtt_sink.encoding import EdgeNode, EncodeError
 from spark_sinks_sparkplug import codec
 
-from conftest import settled
 from spark_sinks import METADATA, RECORD, Envelope
 from tests.helpers import CLI
 from tests.support import protowire

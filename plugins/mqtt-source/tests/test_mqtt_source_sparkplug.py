@@ -1,0 +1,162 @@
+"""Sparkplug B in: births and data of other edge nodes become records; aliases, report by
+exception, device mapping, bad payloads, and a rebirth request when a birth was missed."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mqtt_source_helpers import (
+    MACHINES,
+    Run,
+    no_run_left_behind,  # noqa: F401 - autouse
+    unique,
+    write_config,
+)
+from spark_sinks_sparkplug import codec
+from spark_sinks_sparkplug import sparkplug_b_pb2 as pb
+
+from spark_sinks.timefmt import format_ms
+from tests.support.mosquitto import Client, Mosquitto
+
+T0 = 1_790_000_000_000
+
+
+def attrs(seq: int | None = None, temperature: float | None = None) -> dict[str, Any]:
+    out = {}
+    if seq is not None:
+        out["seq"] = {"name": "seq", "format": "int64", "value": seq}
+    if temperature is not None:
+        out["temperature"] = {"name": "temperature", "format": "float", "value": temperature}
+    return out
+
+
+@pytest.fixture
+def group() -> str:
+    return unique("g")
+
+
+def start(tmp_path: Path, broker: Mosquitto, group: str, *more: str, **src: Any) -> Run:
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        broker,
+        [f"spBv1.0/{group}/#", *more],
+        format="sparkplug_b",
+        dead_letter=str(tmp_path / "dead.jsonl"),
+        **src,
+    )
+    run = Run(cfg)
+    run.wait_subscribed()
+    return run
+
+
+def test_births_and_data_become_records(tmp_path: Path, mosquitto: Mosquitto, group: str) -> None:
+    # a host application's STATE (as spBv1.0/# would bring it) is skipped, not rejected
+    run = start(tmp_path, mosquitto, group, "spBv1.0/STATE/#", devices={"big-press": "m1"})
+    pub = Client(mosquitto).connect()
+    top = f"spBv1.0/{group}"
+    defs = codec.metric_defs(MACHINES["m0"]["variables"])
+    pub.publish("spBv1.0/STATE/scada-1", b'{"online": true, "timestamp": 1}')
+    pub.publish(f"{top}/NBIRTH/e1", codec.nbirth(0))
+    pub.publish(f"{top}/DBIRTH/e1/m0", codec.dbirth(defs, seq=1))
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(1, 20.5), T0), 2))
+    # report by exception: only the temperature changed
+    pub.publish(
+        f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(None, 21.0), T0 + 5), 3)
+    )
+    pub.publish(f"{top}/DBIRTH/e1/big-press", codec.dbirth(defs, seq=4))
+    pub.publish(
+        f"{top}/DDATA/e1/big-press", codec.ddata(codec.record_values(attrs(7, 1.5), T0 + 9), 5)
+    )
+    bad = {
+        f"{top}/DDATA/e1/m2": b"\xff\x00 not protobuf",
+        f"{top}/DDATA/e1/ghost": codec.ddata(codec.record_values(attrs(1, 1.0), T0), 6),
+        f"{top}/XDATA/e1/m0": codec.ddata(codec.record_values(attrs(1, 1.0), T0), 7),
+    }
+    for t, payload in bad.items():
+        pub.publish(t, payload)
+    pub.publish(f"{top}/DDEATH/e1/m0", codec.ddeath(8))
+    # after its death the device starts from nothing: a record lacking seq is rejected
+    pub.publish(
+        f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(None, 9.0), T0 + 20), 9)
+    )
+    pub.publish(
+        f"{top}/DDATA/e1/big-press", codec.ddata(codec.record_values(attrs(8, 2.5), T0 + 30), 10)
+    )
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 4, what="four records")
+    assert run.stop(signal.SIGTERM) == 3, run.err
+
+    got = [
+        (r["machine"], r["time"], {k: a["value"] for k, a in r["attributes"].items()})
+        for r in run.records()
+    ]
+    assert got == [
+        ("m0", format_ms(T0), {"seq": 1, "temperature": 20.5}),
+        ("m0", format_ms(T0 + 5), {"seq": 1, "temperature": 21.0}),
+        ("m1", format_ms(T0 + 9), {"seq": 7, "temperature": 1.5}),
+        ("m1", format_ms(T0 + 30), {"seq": 8, "temperature": 2.5}),
+    ]
+    lines = [ln for ln in run.err.splitlines() if "mqtt topic" in ln]
+    assert len(lines) == len(bad) + 1, run.err  # the last DDATA lacks seq after the death
+    for t in bad:
+        assert sum(f'"{t}"' in ln for ln in lines) == 1, (t, lines)
+    assert "not a Sparkplug B payload" in run.err
+    assert "'ghost' of edge node 'e1' is no configured machine" in run.err
+    assert "lacks variables: seq" in run.err
+
+
+def alias_birth(seq: int) -> bytes:
+    """A birth as Ignition-like edge nodes send it: each metric with a name and an alias."""
+    p = pb.Payload()
+    p.timestamp, p.seq = T0, seq
+    for alias, (name, dt) in enumerate(
+        [("seq", pb.DataType.Int64), ("temperature", pb.DataType.Double)], start=10
+    ):
+        m = p.metrics.add()
+        m.name, m.alias, m.datatype, m.timestamp = name, alias, dt, T0
+        m.is_null = True
+    return p.SerializeToString()
+
+
+def alias_data(seq: int, values: dict[int, Any], ts: int) -> bytes:
+    """Data by alias only."""
+    p = pb.Payload()
+    p.timestamp, p.seq = ts, seq
+    for alias, value in values.items():
+        m = p.metrics.add()
+        m.alias, m.timestamp = alias, ts
+        if isinstance(value, int):
+            m.datatype, m.long_value = pb.DataType.Int64, value
+        else:
+            m.datatype, m.double_value = pb.DataType.Double, value
+    return p.SerializeToString()
+
+
+def test_aliases_and_a_rebirth_request(tmp_path: Path, mosquitto: Mosquitto, group: str) -> None:
+    watcher = Client(mosquitto).connect()
+    watcher.subscribe(f"spBv1.0/{group}/NCMD/#")
+    run = start(tmp_path, mosquitto, group)
+    pub = Client(mosquitto).connect()
+    top = f"spBv1.0/{group}"
+    pub.publish(f"{top}/DBIRTH/e1/m0", alias_birth(0))
+    pub.publish(f"{top}/DDATA/e1/m0", alias_data(1, {10: 42, 11: 3.25}, T0))
+    # edge node e2's birth came before this source started: its aliases are unknown
+    pub.publish(f"{top}/DDATA/e2/m2", alias_data(5, {10: 1, 11: 1.0}, T0))
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 1, what="the record")
+    [ncmd] = watcher.wait_for(1)
+    watcher.close()
+    assert run.stop(signal.SIGTERM) == 3, run.err
+
+    [rec] = run.records()
+    assert rec["machine"] == "m0" and rec["time"] == format_ms(T0)
+    assert {k: a["value"] for k, a in rec["attributes"].items()} == {
+        "seq": 42,
+        "temperature": 3.25,
+    }
+    assert ncmd.topic == f"spBv1.0/{group}/NCMD/e2"
+    assert codec.is_rebirth_request(ncmd.payload)
+    assert "metric alias 10 of device 'm2' is unknown" in run.err
