@@ -139,7 +139,6 @@ def test_a_slow_sink_holds_up_neither_kinesis_nor_stdout(tmp_path, moto, slow_si
         assert slow["dropped"] > 0 and slow["failed"] == slow["pending"] == 0, slow
         assert slow["delivered"] == len(got) + 4
         assert "DROPPED" in err
-        assert max(arrivals) - min(arrivals) < seconds, "the source must not have waited"
         newest_kept = N - 1 in got
         assert newest_kept == (when_full == "drop_oldest"), got[-5:]
 
