@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .envelope import Envelope
+from .errors import SinkError
 from .sink import BufferConfig
 
 if TYPE_CHECKING:
@@ -103,6 +104,10 @@ class Inlet(Protocol):
     def put(self, batch: Batch) -> None:
         """Accept a batch (counted ``accepted``); called on the source thread only."""
 
+    def post(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` where the sink's calls run, after the batches put before it, without
+        waiting for it; a ``SinkError`` it raises is logged."""
+
     def flush(self, timeout: float) -> bool:
         """Deliver everything put so far, within ``timeout``; False if that ran out."""
 
@@ -124,6 +129,9 @@ class DirectInlet:
 
     def run(self, fn: Callable[[], T], last: bool = False) -> T:
         return fn()
+
+    def post(self, fn: Callable[[], object]) -> None:
+        _logged(fn)
 
     def put(self, batch: Batch) -> None:
         a = self.active
@@ -166,6 +174,8 @@ class _Call:
     fn: Callable[[], Any]
     last: bool = False
     """The worker ends after this call."""
+    waited: bool = True
+    """Someone waits for the outcome; else a ``SinkError`` is logged (``post``)."""
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -205,6 +215,12 @@ class SinkWorker:
         if call.error is not None:
             raise call.error
         return cast(T, call.result)
+
+    def post(self, fn: Callable[[], object]) -> None:
+        with self._cond:
+            self._start()
+            self._queue.append(_Call(fn, waited=False))
+            self._cond.notify_all()
 
     def put(self, batch: Batch) -> None:
         a = self.active
@@ -349,6 +365,9 @@ class SinkWorker:
                     item.release()
                 continue
             if isinstance(item, _Call):
+                if not item.waited:
+                    _logged(item.fn)
+                    continue
                 try:
                     item.result = item.fn()
                 except BaseException as exc:  # handed to the waiting caller, who raises it
@@ -393,6 +412,14 @@ class SinkWorker:
                 self.active.label(),
                 self._unwritten,
             )
+
+
+def _logged(fn: Callable[[], object]) -> None:
+    """Run a call nobody waits for; its ``SinkError`` (which names the sink) is logged."""
+    try:
+        fn()
+    except SinkError as exc:
+        log.error("%s", exc)
 
 
 def make_inlet(active: ActiveSink, direct: bool) -> Inlet:

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .assembly import Assembler
@@ -327,12 +328,10 @@ class Runtime:
     # -- live reconfiguration ----------------------------------------------------------------
 
     def _machines_retired(self, names: list[str]) -> None:
-        """Tell the sinks that kept running which machines stopped publishing."""
+        """Tell the sinks that kept running which machines stopped publishing: on each
+        sink's worker, after what was written before the reload (nobody waits for it)."""
         for a in self.dispatcher.sinks:
-            try:
-                a.call("machines_retired", a.sink.machines_retired, names)
-            except SinkError as exc:
-                log.error("%s", exc)
+            a.inlet.post(partial(a.call, "machines_retired", a.sink.machines_retired, names))
 
     def _between_batches(self) -> None:
         if self.reload_requested.is_set():

@@ -374,3 +374,26 @@ def test_buffer_and_spool_together_is_an_error(tmp_path, registry):
 
     with pytest.raises(ConfigError, match=r"sinks\.out: give buffer or spool"):
         load(tmp_path, registry, buffer={}, spool={"path": "/x"})
+
+
+def test_a_posted_call_runs_on_the_worker_after_the_batches_before_it(caplog):
+    from spark_sinks.errors import SinkError
+
+    a = active()
+    assert isinstance(a.sink, Recorder)
+    a.sink.gate.clear()
+    d = Dispatcher()
+    d.add(a)
+    d.dispatch(envs(3))
+    seen: list[tuple[list[int], int]] = []
+    a.inlet.post(lambda: seen.append((list(a.sink.got), threading.get_ident())))
+
+    def fails() -> None:
+        raise SinkError("sink 's' failed in machines_retired: no")
+
+    a.inlet.post(fails)  # returns at once: the worker is still held in write
+    assert seen == []
+    a.sink.gate.set()
+    assert a.inlet.begin_stop(5)()
+    assert seen == [([0, 1, 2], a.sink.calls[0][1])]
+    assert "failed in machines_retired: no" in caplog.text
