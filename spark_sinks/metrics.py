@@ -288,6 +288,7 @@ _COUNTERS = {
     "dead_lettered": "Envelopes set aside as undeliverable",
     "dropped": "Envelopes dropped (spool full with on_full: drop_oldest)",
     "failed": "Envelopes lost to a sink error",
+    "throttled": "Requests or entries the destination refused for throttling",
 }
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,12 @@ def path_problems(config: Config) -> list[str]:
             why = files.path_problem(spec.config.dead_letter)
             if why:
                 problems.append(f"sinks.{spec.name}.dead_letter: {why}")
-        if spec.config.spool is not None:
-            why = files.dir_problem(spec.config.spool.path)
+        buffer = spec.config.buffer
+        if buffer.type == "disk" and buffer.path is not None:
+            why = files.dir_problem(buffer.path)
             if why:
-                problems.append(f"sinks.{spec.name}.spool.path: {why}")
+                key = "spool" if spec.config.spool is not None else "buffer"
+                problems.append(f"sinks.{spec.name}.{key}.path: {why}")
     return problems
 
 
@@ -63,10 +66,10 @@ def start_sink(
 ) -> ActiveSink:
     """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it.
 
-    A spooled sink whose check fails still starts, since its spool holds what it cannot
-    deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a running
-    process may own it, and a check must not deliver what it holds. ``context`` lets the
-    caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
+    A sink with a disk buffer whose check fails still starts, since its spool holds what
+    it cannot deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a
+    running process may own it, and a check must not deliver what it holds. ``context``
+    lets the caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
     cls = spec.provided.cls
     ctx = context or SinkContext(spec.name, host, spec.config.dead_letter)
     label = f"sink {spec.name!r} ({cls.type_name} from {spec.provided.plugin.distribution})"
@@ -74,15 +77,21 @@ def start_sink(
         sink = cls(spec.config, ctx)
     except Exception as exc:
         raise SinkError(f"{label} failed to initialise: {type(exc).__name__}: {exc}") from exc
-    if spec.config.spool is not None and not probe:
-        sink = SpooledSink(sink, Spool(spec.config.spool.path, spec.name, spec.config.spool))
-    active = ActiveSink(spec.name, sink, spec.provided.plugin, spec.config.flush_timeout)
+    buffer = spec.config.buffer
+    disk = buffer.type == "disk"
+    if disk and not probe:
+        spool = buffer.spool()
+        sink = SpooledSink(sink, Spool(spool.path, spec.name, spool))
+    active = ActiveSink(
+        spec.name, sink, spec.provided.plugin, spec.config.flush_timeout, direct=disk or probe
+    )
     if isinstance(sink, SpooledSink):
         sink.open_spool()  # a spool in use or unreadable stops the run (SpoolError)
-    active.call("open", sink.open)
+    # open and check run where the sink's writes will run (its worker), like every call
+    active.inlet.run(lambda: active.call("open", sink.open))
     if check:
         try:
-            active.checked = str(active.call("check", sink.check) or "ok")
+            active.checked = str(active.inlet.run(lambda: active.call("check", sink.check)) or "ok")
         except SinkError as exc:
             if isinstance(sink, SpooledSink):
                 # A gateway that boots before its network must not refuse to run: the
@@ -97,16 +106,11 @@ def start_sink(
     return active
 
 
-def stop_sink(active: ActiveSink) -> None:
-    """Flush, then close; never raises (failures are logged and counted)."""
-    try:
-        active.call("flush", active.sink.flush, active.flush_timeout)
-    except SinkError as exc:
-        log.error("%s", exc)
-    try:
-        active.call("close", active.sink.close)
-    except SinkError as exc:
-        log.error("%s", exc)
+def stop_sink(active: ActiveSink) -> bool:
+    """Drain its buffer, flush, then close, within its ``flush_timeout``; never raises
+    (failures are logged and counted). False when the sink was abandoned in a call that
+    did not return in time."""
+    return active.inlet.begin_stop(active.flush_timeout)()
 
 
 @dataclass
@@ -146,6 +150,8 @@ class Runtime:
         thread) changes them while the reporter thread takes snapshots."""
         self._finished: dict[str, dict[str, Any]] = {}
         """Final counters of sink instances already stopped, by sink name (added up)."""
+        self.abandoned: list[str] = []
+        """Sinks left still busy in a call after their flush_timeout (see ``buffer.py``)."""
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
         self._handover: dict[str, tuple[Path, int]] = {}
@@ -281,8 +287,11 @@ class Runtime:
         return report
 
     def shutdown(self) -> None:
-        for a in self.dispatcher.sinks:
-            self._retire(a)
+        # every sink drains at once; each within its own flush_timeout
+        self._busy = "the sinks to flush and close"
+        stopping = [(a, a.inlet.begin_stop(a.flush_timeout)) for a in self.dispatcher.sinks]
+        for a, wait in stopping:
+            self._finish(a, wait())
         self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
@@ -298,10 +307,15 @@ class Runtime:
     def _retire(self, a: ActiveSink) -> None:
         """Flush and close a sink, keeping its final counters for the report."""
         self._busy = f"sink {a.name!r} to flush and close"
-        stop_sink(a)
+        self._finish(a, stop_sink(a))
+
+    def _finish(self, a: ActiveSink, stopped: bool) -> None:
+        """Keep a stopped sink's final counters for the report (added up over reloads)."""
         snap = a.stats.snapshot()
         spool = getattr(a.sink, "spool", None)
         with self._lock:
+            if not stopped:
+                self.abandoned.append(a.name)
             self.dispatcher.remove(a.name)
             prev = self._finished.get(a.name)
             # the same name ran before a reload: add the runs up
@@ -384,12 +398,10 @@ class Runtime:
     # -- live reconfiguration ----------------------------------------------------------------
 
     def _machines_retired(self, names: list[str]) -> None:
-        """Tell the sinks that kept running which machines stopped publishing."""
+        """Tell the sinks that kept running which machines stopped publishing: on each
+        sink's worker, after what was written before the reload (nobody waits for it)."""
         for a in self.dispatcher.sinks:
-            try:
-                a.call("machines_retired", a.sink.machines_retired, names)
-            except SinkError as exc:
-                log.error("%s", exc)
+            a.inlet.post(partial(a.call, "machines_retired", a.sink.machines_retired, names))
 
     def _between_batches(self) -> None:
         if self.reload_requested.is_set():
@@ -472,7 +484,7 @@ class Runtime:
             meta = self.assembler.all_metadata()
             single = Dispatcher()
             single.add(active)
-            single.dispatch(meta)
+            single.dispatch(meta)  # through its own buffer, ahead of anything else
             with self._lock:
                 self.dispatcher.add(active)
         log.info(
