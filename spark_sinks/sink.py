@@ -297,12 +297,13 @@ class SinkContext:
         """Set when waiting must end now (a second SIGINT/SIGTERM): retry loops give up and
         flush returns, leaving what is undelivered to be reported."""
         self._dl_lock = threading.Lock()
-        """Guards the dead-letter file handle, ``_dl_backlog`` and ``_aside``."""
+        """Guards ``_dl_backlog`` and the dead-letter file."""
         self._dl_backlog: list[tuple[Envelope, str]] = []
         """Dead letters whose file write failed: still pending, retried in order."""
         self._dl_last_log = 0.0
-        self._aside: set[int] | None = None
-        """ids of envelopes set aside during an unbuffered write (see ``watch_aside``)."""
+        self._aside = threading.local()
+        """Per thread: ids of envelopes set aside during a write (see ``watch_aside``);
+        per thread because the spool's feeder and the source thread both write."""
         self.on_settled: Callable[[Sequence[Envelope]], None] | None = None
         """Set by the core (the spool) to learn which envelopes are delivered or set aside."""
 
@@ -325,9 +326,10 @@ class SinkContext:
         envelope stays pending and the write is retried (``retry_dead_letters``):
         it counts as dead-lettered only once it is on disk.
         """
+        aside: set[int] | None = getattr(self._aside, "ids", None)
+        if aside is not None:
+            aside.add(id(envelope))
         with self._dl_lock:
-            if self._aside is not None:
-                self._aside.add(id(envelope))
             self._dl_backlog.append((envelope, reason))
         self.retry_dead_letters()
 
@@ -381,15 +383,14 @@ class SinkContext:
             self.log.error("%s", msg)
 
     def watch_aside(self) -> None:
-        """Start noting which envelopes ``dead_letter`` receives (for the core: an
-        unbuffered write that returns delivered everything it did not set aside)."""
-        with self._dl_lock:
-            self._aside = set()
+        """Start noting which envelopes ``dead_letter`` receives on this thread (for the
+        core: an unbuffered write that returns delivered everything it did not set aside)."""
+        self._aside.ids = set()
 
     def set_aside(self) -> set[int]:
-        """Stop noting; the ids of envelopes set aside since ``watch_aside``."""
-        with self._dl_lock:
-            aside, self._aside = self._aside or set(), None
+        """Stop noting; the ids of envelopes set aside on this thread since ``watch_aside``."""
+        aside: set[int] = getattr(self._aside, "ids", None) or set()
+        self._aside.ids = None
         return aside
 
 
