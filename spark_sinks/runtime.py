@@ -89,7 +89,7 @@ class Report:
     envelopes: int = 0
     rejected: int = 0
     incomplete_dropped: int = 0
-    sinks: dict[str, dict[str, object]] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_started: dict[str, str] = field(default_factory=dict)
     """Sinks that could not start (or were stopped while starting), with the reason."""
 
