@@ -196,6 +196,7 @@ class Runtime:
                 self._busy = "the source to stop"
                 self.pipeline.emit(self.assembler.all_metadata())
                 source.run(self.pipeline, self.stop)
+                self.pipeline.emit(self.assembler.finish())
         finally:
             self.pipeline.flush()
             self.shutdown()
@@ -315,6 +316,14 @@ class Runtime:
 
     # -- live reconfiguration ----------------------------------------------------------------
 
+    def _machines_retired(self, names: list[str]) -> None:
+        """Tell the sinks that kept running which machines stopped publishing."""
+        for a in self.dispatcher.sinks:
+            try:
+                a.call("machines_retired", a.sink.machines_retired, names)
+            except SinkError as exc:
+                log.error("%s", exc)
+
     def _between_batches(self) -> None:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
@@ -327,6 +336,14 @@ class Runtime:
             new = load_config(old.path, self.registry or load_registry())
         except ConfigError as exc:
             log.error("reload rejected, the running configuration stays: %s", exc)
+            return False
+        except Exception as exc:  # a bug must not end a daemon that runs fine
+            log.error(
+                "reload rejected, the running configuration stays: internal error: %s: %s",
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            log.debug("traceback", exc_info=True)
             return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
@@ -350,13 +367,14 @@ class Runtime:
                 del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
-        host_changed = new.host != self.assembler.host
-        self.assembler.host = new.host
-        changed = self.assembler.reconfigure(new.machines)
-        if host_changed:
-            changed = self.assembler.all_metadata()
-        # metadata of changed machines to the sinks that kept running ...
+        was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
+        # open cycles of changed machines, then metadata of changed machines (of all with a
+        # new host) to the sinks that kept running ...
+        changed = self.assembler.reconfigure(new.machines, new.host)
+        retired = sorted(was_publishing - {n for n, m in new.machines.items() if m.publishing})
         self.pipeline.emit(changed)
+        if retired:
+            self._machines_retired(retired)
         # ... and all metadata to the sinks that start now
         for name, spec in new.sinks.items():
             if not spec.config.enabled or name in {a.name for a in self.dispatcher.sinks}:
