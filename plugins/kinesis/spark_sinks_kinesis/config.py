@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import urllib.parse
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -58,7 +60,13 @@ _STREAM_ARN = re.compile(
     r"arn:(?P<partition>aws[a-z-]*):kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
     r"stream/(?P<name>[^/\s]+)"
 )
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+ROLE_DURATION_MIN = 900
+ROLE_DURATION_MAX = 43_200
+"""AssumeRole's bounds for DurationSeconds (the role's own maximum may be lower)."""
 
 
 class StreamArn:
@@ -86,6 +94,23 @@ def _check_url(v: str | None) -> str | None:
     if not _URL.fullmatch(v):
         raise ValueError(f"{v!r} is not an http:// or https:// URL")
     return v
+
+
+def proxy_parts(url: str) -> urllib.parse.SplitResult:
+    """The parsed proxy URL, or ValueError that never repeats the URL (it may hold a
+    password)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(
+            "is not an http:// or https:// proxy URL (http://[user:password@]host:port)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("a proxy URL has no path: http://[user:password@]host:port")
+    return parts
 
 
 @functools.cache
@@ -144,6 +169,30 @@ class KinesisConfig(SinkConfig):
     profile: str | None = None
     """A profile of the shared AWS config files. Without keys and profile, boto3's
     default chain applies (environment, shared files, container or instance role)."""
+
+    role_arn: str | None = None
+    """An IAM role to assume (STS AssumeRole) with the credentials above; its temporary
+    credentials are renewed by botocore before they expire."""
+    external_id: str | None = None
+    role_session_name: str | None = None
+    """Shown in the stream account's CloudTrail; ``spark-sinks`` when not given."""
+    duration_seconds: int = Field(3600, ge=ROLE_DURATION_MIN, le=ROLE_DURATION_MAX)
+    """Lifetime of the assumed role's credentials (the role's maximum session duration
+    must allow it)."""
+    sts_endpoint_url: str | None = None
+    """Another STS endpoint for AssumeRole (e.g. a VPC endpoint). Without it botocore's
+    rules apply, including ``AWS_ENDPOINT_URL_STS``."""
+
+    proxy: SecretStr | None = None
+    """An HTTP(S) proxy for every AWS call of this sink: ``http://[user:password@]host:port``.
+    The URL is never logged."""
+    ca_bundle: str | None = None
+    """A PEM file of the certificate authorities to trust (e.g. a TLS-inspecting proxy or
+    a private endpoint) instead of the built-in ones. Verification always stays on."""
+    use_fips_endpoint: bool = False
+    """Use the FIPS 140 endpoints of Kinesis (and STS)."""
+    use_dualstack_endpoint: bool = False
+    """Use the IPv4/IPv6 endpoints of Kinesis (and STS)."""
 
     max_batch_records: int = Field(PUT_RECORDS_MAX_RECORDS, ge=1, le=PUT_RECORDS_MAX_RECORDS)
     max_batch_bytes: int = Field(5 * MiB, ge=1024, le=REQUEST_MAX_BYTES)
@@ -244,10 +293,62 @@ class KinesisConfig(SinkConfig):
             v = v.strip()
         return v
 
-    @field_validator("endpoint_url")
+    @field_validator("endpoint_url", "sts_endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
         return _check_url(v)
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role_arn(cls, v: str | None) -> str | None:
+        if v is not None and not _ROLE_ARN.fullmatch(v.strip()):
+            raise ValueError(
+                f"{v!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+            )
+        return None if v is None else v.strip()
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id(cls, v: str | None) -> str | None:
+        if v is not None and not _EXTERNAL_ID.fullmatch(v):
+            raise ValueError(
+                "must be 2-1224 characters: letters, digits and any of _+=,.@:/-"
+            )  # not echoed: an external id is often treated like a shared secret
+        return v
+
+    @field_validator("role_session_name")
+    @classmethod
+    def _session_name(cls, v: str | None) -> str | None:
+        if v is not None and not _SESSION_NAME.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not a role session name "
+                "(2-64 characters: letters, digits and any of _+=,.@-)"
+            )
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            proxy_parts(v.get_secret_value())
+            v = SecretStr(v.get_secret_value().strip())
+        return v
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        path = Path(v).expanduser()
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"file {v!r} not found") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {v!r}: {exc.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{v!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return str(path)
 
     @field_validator("compression")
     @classmethod
@@ -299,6 +400,15 @@ class KinesisConfig(SinkConfig):
                     f"region {self.region!r} differs from the region of stream_arn "
                     f"({arn_region!r}); remove region or make them agree"
                 )
+        if self.role_arn is None:
+            given = self.model_fields_set & {
+                "external_id",
+                "role_session_name",
+                "duration_seconds",
+                "sts_endpoint_url",
+            }
+            if given:
+                raise ValueError(f"{', '.join(sorted(given))} only apply with role_arn")
         return self
 
     @property

@@ -41,7 +41,7 @@ from typing import Any
 from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
 
 from . import aggregation, compression, wire
-from .config import KinesisConfig, shared_session
+from .config import KinesisConfig
 from .keys import partition_key
 
 log = logging.getLogger(__name__)
@@ -193,51 +193,16 @@ class KinesisSink(Sink):
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:
-        import botocore.config
-        import botocore.exceptions
-        import botocore.session
+        from . import access  # loads botocore: only when a Kinesis sink really starts
 
         cfg = self.config
-        secret = cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None
-        token = cfg.session_token.get_secret_value() if cfg.session_token else None
-        try:
-            if cfg.profile is None:
-                session = shared_session()
-            else:
-                session = botocore.session.Session(profile=cfg.profile)
-        except botocore.exceptions.ProfileNotFound:
-            raise SinkError(
-                f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SinkError(f"cannot set up AWS credentials: {exc}") from None
-
-        conf = botocore.config.Config(
-            region_name=cfg.region,
+        self._client = access.kinesis_client(
+            cfg,
             # The sender owns retrying ("until shutdown"): botocore makes one attempt.
             retries={"mode": "standard", "total_max_attempts": 1},
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
             max_pool_connections=cfg.max_in_flight + 2,
             parameter_validation=False,  # entries are built here, always well-formed
-            tcp_keepalive=True,
         )
-        try:
-            self._client = session.create_client(
-                "kinesis",
-                region_name=cfg.region,
-                endpoint_url=cfg.endpoint_url,
-                aws_access_key_id=cfg.access_key_id,
-                aws_secret_access_key=secret,
-                aws_session_token=token,
-                config=conf,
-            )
-        except botocore.exceptions.ProfileNotFound:
-            raise SinkError(
-                f"AWS profile {cfg.profile!r} is not in the shared config or credentials file"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SinkError(f"cannot create the Kinesis client: {exc}") from None
         wire.install(self._client)
         self._endpoint = self._client.meta.endpoint_url
         for lane in self._lanes:
@@ -801,6 +766,8 @@ class KinesisSink(Sink):
         """An operator's sentence for a boto3 failure; never contains secrets."""
         from botocore import exceptions as bx
 
+        from .access import AssumeRoleError, masked_proxy
+
         cfg = self.config
         stream = f"Kinesis stream {cfg.stream_name!r} in {cfg.region}"
         if cfg.stream_arn is not None:  # name the account too: it may not be ours
@@ -808,6 +775,12 @@ class KinesisSink(Sink):
         where = f" at {self._endpoint}" if cfg.endpoint_url or self._endpoint else ""
         if isinstance(exc, bx.ClientError):
             code, msg, status = error_code(exc)
+            if status == 407 and cfg.proxy is not None:
+                return (
+                    f"the proxy {masked_proxy(cfg.proxy.get_secret_value())} refused the "
+                    f"credentials given in proxy ({what}: HTTP 407 Proxy Authentication "
+                    "Required)"
+                )
             if code in NOT_FOUND_CODES:
                 return f"{stream} not found{where} ({what}: {code})"
             if code in ACCESS_CODES:
@@ -824,11 +797,23 @@ class KinesisSink(Sink):
             return f"{what} on {stream} failed: {code or 'HTTP ' + str(status)}" + (
                 f": {msg}" if msg else ""
             )
+        if isinstance(exc, AssumeRoleError):
+            return f"{exc} ({what} on {stream})"
         if isinstance(exc, bx.NoCredentialsError):
             return (
                 f"no AWS credentials found for {stream}: set access_key_id and "
                 "secret_access_key, or profile, or provide them through the environment, "
                 "the shared credentials file or an instance role"
+            )
+        if isinstance(exc, bx.ProxyConnectionError) and cfg.proxy is not None:
+            return (
+                f"cannot reach {stream} through the proxy "
+                f"{masked_proxy(cfg.proxy.get_secret_value())} ({what}): {exc}"
+            )
+        if isinstance(exc, bx.SSLError):
+            return (
+                f"the TLS certificate of {self._endpoint} is not trusted ({what}): {exc}; "
+                "set ca_bundle to the PEM file of the authority that signed it"
             )
         if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
             return f"cannot reach the Kinesis endpoint {self._endpoint} ({what}): {exc}"

@@ -79,6 +79,20 @@ def config(
     return path
 
 
+def edit_sink(path: Path, **sink: Any) -> Path:
+    """Change keys of the ``cloud`` sink block of a config written by ``config``; a value
+    of None removes the key."""
+    raw = yaml.safe_load(path.read_text())
+    block = raw["sinks"]["cloud"]
+    for k, v in sink.items():
+        if v is None:
+            block.pop(k, None)
+        else:
+            block[k] = v
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def records_ndjson(
     path: Path, count: int, machines: int = 4, start_ms: int = 1_790_000_000_000
 ) -> Path:

@@ -6,8 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
-from kinesis_helpers import cli_env, config, moto_auth, read_stream, records_ndjson, run_cli
+from kinesis_helpers import (
+    cli_env,
+    config,
+    edit_sink,
+    moto_auth,
+    read_stream,
+    records_ndjson,
+    run_cli,
+)
 from spark_sinks_kinesis import KinesisConfig
 
 from spark_sinks import ConfigError
@@ -19,16 +26,7 @@ SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
 def _config_with(tmp_path: Path, **sink) -> Path:
-    path = config(tmp_path / "c.yaml", "s", "http://127.0.0.1:9")
-    raw = yaml.safe_load(path.read_text())
-    block = raw["sinks"]["cloud"]
-    for k, v in sink.items():
-        if v is None:
-            block.pop(k, None)
-        else:
-            block[k] = v
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return edit_sink(config(tmp_path / "c.yaml", "s", "http://127.0.0.1:9"), **sink)
 
 
 def _one_line_error(proc) -> str:  # type: ignore[no-untyped-def]
@@ -263,13 +261,104 @@ def test_a_run_by_stream_arn_delivers_every_record(tmp_path, moto, kinesis, make
     arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"][
         "StreamARN"
     ]
-    cfg = _config_with(tmp_path, stream_name=None, region=None, stream_arn=arn)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["sinks"]["cloud"]["endpoint_url"] = moto.url
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg = _config_with(
+        tmp_path, stream_name=None, region=None, stream_arn=arn, endpoint_url=moto.url
+    )
     lines = records_ndjson(tmp_path / "in.ndjson", 50).read_bytes()
     proc = run_cli("run", "-c", str(cfg), input=lines)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert "54 accepted, 54 delivered" in proc.stderr.decode()
     got = read_stream(kinesis, stream)
     assert sum(r["envelope"]["type"] == "record" for r in got) == 50
+
+
+# -- role, proxy, CA, endpoints ----------------------------------------------------------------
+
+PROXY_PASSWORD = "Pr0xyS3cret"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"role_arn": "arn:aws:iam::12345:role/x"},
+            "sinks.cloud.role_arn: 'arn:aws:iam::12345:role/x' is not an IAM role ARN",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::123456789012:user/x"},
+            "sinks.cloud.role_arn: 'arn:aws:iam::123456789012:user/x' is not an IAM role ARN",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::123456789012:role/x", "duration_seconds": 899},
+            "sinks.cloud.duration_seconds: Input should be greater than or equal to 900",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::123456789012:role/x", "duration_seconds": 43201},
+            "sinks.cloud.duration_seconds: Input should be less than or equal to 43200",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::123456789012:role/x", "external_id": "a b"},
+            "sinks.cloud.external_id: must be 2-1224 characters",
+        ),
+        (
+            {"role_arn": "arn:aws:iam::123456789012:role/x", "role_session_name": "x"},
+            "sinks.cloud.role_session_name: 'x' is not a role session name",
+        ),
+        (
+            {"external_id": "plant-42", "duration_seconds": 900},
+            "sinks.cloud: duration_seconds, external_id only apply with role_arn",
+        ),
+        (
+            {"sts_endpoint_url": "sts.local"},
+            "sinks.cloud.sts_endpoint_url: 'sts.local' is not an http:// or https:// URL",
+        ),
+        (
+            {"proxy": f"socks5://u:{PROXY_PASSWORD}@proxy:1080"},
+            "sinks.cloud.proxy: is not an http:// or https:// proxy URL",
+        ),
+        (
+            {"proxy": f"http://u:{PROXY_PASSWORD}@proxy:99999"},
+            "sinks.cloud.proxy: is not an http:// or https:// proxy URL",
+        ),
+        (
+            {"proxy": f"http://u:{PROXY_PASSWORD}@proxy:3128/path"},
+            "sinks.cloud.proxy: a proxy URL has no path",
+        ),
+        ({"ca_bundle": "/nonexistent/ca.pem"}, "sinks.cloud.ca_bundle: file "),
+        ({"use_fips_endpoint": "maybe"}, "sinks.cloud.use_fips_endpoint: Input should be"),
+    ],
+)
+def test_access_settings_are_checked_in_one_line_that_never_shows_a_proxy_password(
+    tmp_path, fields, message
+):
+    with pytest.raises(ConfigError) as err:
+        load_config(_config_with(tmp_path, **fields), load_registry())
+    assert err.value.exit_code == 2
+    line = str(err.value)
+    assert message in line and "\n" not in line
+    assert PROXY_PASSWORD not in line
+
+
+def test_a_ca_bundle_must_hold_a_pem_certificate(tmp_path):
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    proc = run_cli("check", "-c", str(_config_with(tmp_path, ca_bundle=str(junk))))
+    assert proc.returncode == 2
+    assert f"sinks.cloud.ca_bundle: '{junk}' holds no PEM certificate" in _one_line_error(proc)
+
+
+def test_access_settings_take_their_documented_values():
+    cfg = KinesisConfig(
+        type="kinesis",
+        stream_name="s",
+        region="us-east-1",
+        role_arn="arn:aws:iam::123456789012:role/plant-writer",
+        proxy=f"http://u:{PROXY_PASSWORD}@proxy.example:3128",
+    )
+    assert cfg.duration_seconds == 3600 and cfg.role_session_name is None
+    assert cfg.proxy is not None and PROXY_PASSWORD not in repr(cfg)
+    assert (cfg.use_fips_endpoint, cfg.use_dualstack_endpoint, cfg.ca_bundle) == (
+        False,
+        False,
+        None,
+    )
