@@ -7,6 +7,7 @@ e.g. ``sinks.cloud.region: 'bad-region' is not an AWS region``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -26,6 +27,8 @@ from .plugins import Provided, Registry
 from .show import show
 from .sink import SinkConfig
 from .sources import SourceConfig
+
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -386,6 +389,12 @@ def parse_config(raw: Any, path: Path, registry: Registry) -> Config:
         prefix = f"sinks.{_key(name)}"
         cfg, provided = _typed_block(registry.sink_types, block, prefix, "sink", registry)
         sinks[name] = SinkSpec(name, cfg, provided)
+        if cfg.spool is not None:
+            log.warning(
+                "sinks.%s.spool is deprecated: write buffer: {type: disk, path: ...} instead "
+                "(on_full becomes when_full)",
+                name,
+            )
     return Config(
         path=path,
         host=app.host or socket.gethostname(),
