@@ -10,9 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 from mqtt_source_helpers import (
+    SMALL_MEMORY,
     Run,
     no_run_left_behind,  # noqa: F401 - autouse
     record,
+    stdout_sink,
     unique,
     write_config,
 )
@@ -82,13 +84,14 @@ def test_a_backlog_larger_than_memory_stays_at_the_broker(
     """200 messages of 256 KiB (50 MiB) for a source whose sink is stuck: it holds about
     max_pending of them, the broker keeps the rest."""
     prefix = unique("backlog")
-    cfg = write_config(tmp_path / "c.yaml", mosquitto, [f"{prefix}/#"], max_pending=10)
+    sinks = stdout_sink(SMALL_MEMORY)
+    cfg = write_config(tmp_path / "c.yaml", mosquitto, [f"{prefix}/#"], sinks, max_pending=10)
     run = Run(cfg, read_stdout=False)
     run.wait_subscribed()
     before = _rss_mb(run.proc.pid)
     pad = b" " * (256 * 1024)
     pub = Client(mosquitto).connect()
-    # 500 small records fill the unread stdout pipe: the sink, and the source, get stuck
+    # 500 small records fill the unread stdout pipe and the buffer: the source waits
     pub.publish_many([(f"{prefix}/small", record(i)) for i in range(1000, 1500)])
     pub.publish_many([(f"{prefix}/big", record(i)[:-1] + pad + b"}") for i in range(200)])
     pub.close()
