@@ -121,8 +121,8 @@ def summarise(report: Report) -> None:
         why = report.not_started.get(name)
         head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"
         line = f"{head} {describe(s)}"
-        if not why and not lost_anything(s):
-            log.info("%s", line)
+        if not lost_anything(s):
+            (log.warning if why else log.info)("%s", line)
             continue
         error = f"; last error: {s['last_error']}" if s.get("last_error") and not why else ""
         log.error("%s%s", line, error)
@@ -190,7 +190,7 @@ def plugins(as_json: bool) -> None:
 
     Exits 1 when a plugin is broken (failed to load or raised in a hook)."""
     registry = load_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in registry.plugins:
         rows.append(
             {
