@@ -190,14 +190,14 @@ class SinkStats:
                 settled = min(n, self.pending)
                 excess = n - settled
                 self.pending -= settled
-                setattr(self, field, getattr(self, field) + settled)
+                setattr(self, field, getattr(self, field) + n)
                 self.overreported += excess
             else:
                 setattr(self, field, getattr(self, field) + n)
         if excess:
             logging.getLogger("spark_sinks.stats").error(
-                "a sink reported %d more %s envelopes than it held (a bug in the sink): "
-                "not counted, so that the counters stay true",
+                "a sink reported %d more %s envelopes than it was given (a bug in the "
+                "sink, or a sink used without the core): counted as overreported",
                 excess,
                 field.replace("_", "-"),
             )
