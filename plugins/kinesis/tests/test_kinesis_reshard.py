@@ -73,6 +73,7 @@ def _run_through_a_resharding(
     assert sink.stats.delivered == n and sink._pending == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aggregation", ["none", "kpl"])
 def test_records_follow_a_resharding_without_loss_and_in_order(
     moto, kinesis, make_stream, aggregation
@@ -98,6 +99,7 @@ def test_records_follow_a_resharding_without_loss_and_in_order(
         assert by_machine[f"m{m}"] == list(range(m, n, MACHINES)), f"m{m} out of order or lost"
 
 
+@pytest.mark.slow
 def test_aggregates_follow_a_resharding_in_exact_order_under_throttling(moto, kinesis, make_stream):
     stream = make_stream(4)
     n = 3_000
