@@ -135,6 +135,8 @@ def summarise(report: Report) -> None:
         why = report.not_started.get(name)
         head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"
         line = f"{head} {s['accepted']} accepted, {s['delivered']} delivered"
+        if s.get("throttled"):
+            line += f" ({s['throttled']} throttled entries retried)"
         if not missing:
             (log.error if why else log.info)("%s", line)
             continue

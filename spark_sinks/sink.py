@@ -135,7 +135,15 @@ class SinkStats:
     ``dropped`` or ``failed``, or is still ``pending``.
     """
 
-    FIELDS = ("accepted", "delivered", "retried", "dead_lettered", "dropped", "failed")
+    FIELDS = (
+        "accepted",
+        "delivered",
+        "retried",
+        "dead_lettered",
+        "dropped",
+        "failed",
+        "throttled",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -145,6 +153,9 @@ class SinkStats:
         self.dead_lettered = 0
         self.dropped = 0
         self.failed = 0
+        self.throttled = 0
+        """Requests or entries the destination refused for throttling (informational,
+        like ``retried``: outside the accepted = delivered + ... identity)."""
         self.last_error: str | None = None
 
     def add(self, field: str, n: int = 1) -> None:
