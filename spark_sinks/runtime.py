@@ -316,6 +316,14 @@ class Runtime:
 
     # -- live reconfiguration ----------------------------------------------------------------
 
+    def _machines_retired(self, names: list[str]) -> None:
+        """Tell the sinks that kept running which machines stopped publishing."""
+        for a in self.dispatcher.sinks:
+            try:
+                a.call("machines_retired", a.sink.machines_retired, names)
+            except SinkError as exc:
+                log.error("%s", exc)
+
     def _between_batches(self) -> None:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
@@ -359,10 +367,14 @@ class Runtime:
                 del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
+        was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
         # open cycles of changed machines, then metadata of changed machines (of all with a
         # new host) to the sinks that kept running ...
         changed = self.assembler.reconfigure(new.machines, new.host)
+        retired = sorted(was_publishing - {n for n, m in new.machines.items() if m.publishing})
         self.pipeline.emit(changed)
+        if retired:
+            self._machines_retired(retired)
         # ... and all metadata to the sinks that start now
         for name, spec in new.sinks.items():
             if not spec.config.enabled or name in {a.name for a in self.dispatcher.sinks}:

@@ -215,5 +215,11 @@ class Sink:
     def flush(self, timeout: float | None = None) -> None:
         """Deliver everything written so far, waiting at most ``timeout`` seconds."""
 
+    def machines_retired(self, machines: Sequence[str]) -> None:
+        """Optional: after a configuration reload, these machines stopped publishing
+        (disabled, ``publishDisabled`` or removed). Called between writes, from the thread
+        that writes, after everything written before the reload. A sink that keeps
+        per-machine state at its destination (a Sparkplug device's birth) ends it here."""
+
     def close(self) -> None:
         """Release resources. Called once, after the final ``flush``."""
