@@ -52,7 +52,7 @@ def test_make_zip_builds_a_package_whose_handler_imports_and_runs_from_the_unzip
         origins = {
             name: importlib.import_module(name).__file__
             for name in ("spark_consumer", "aws_lambda_powertools", "aws_kinesis_agg",
-                         "google.protobuf", "six", "jmespath")
+                         "google.protobuf", "six", "jmespath", "zstandard")
         }
         response = lambda_handler(json.load(open(sys.argv[2])), None)
         print(json.dumps({"origins": origins, "response": response}))

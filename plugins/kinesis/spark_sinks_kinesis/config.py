@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from spark_sinks import SinkConfig
 
@@ -147,6 +147,10 @@ def normalize_region(value: str) -> str:
 
 class KinesisConfig(SinkConfig):
     """``sinks.<name>`` with ``type: kinesis``."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+    """pydantic's own error text would repeat the input (a proxy URL with its password,
+    a secret key); the messages here name what is wrong without it."""
 
     type: Literal["kinesis"] = "kinesis"
 
