@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 import sys
-import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -22,11 +21,14 @@ from pydantic import BaseModel, SecretStr
 from . import __version__, logs
 from .config import Config, load_config
 from .errors import ConfigError, SparkSinksError
-from .metrics import verdict
+from .metrics import check_operations
 from .plugins import LOAD_ENV, Registry, load_registry
 from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
+from .status import read_status, verdict
+from .supervisor import Phase, Supervisor
 
 log = logging.getLogger("spark_sinks")
+F = TypeVar("F", bound=Callable[..., Any])
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -57,55 +59,70 @@ def _load(path: Path) -> tuple[Config, Registry]:
     return config, registry
 
 
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+LOG_FORMATS = click.Choice(["text", "json"])
+
+
+def _relog(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--log-level``/``--log-format`` given after the subcommand: they override the
+    global ones (kept in the root context's ``meta``)."""
+    if value is None:
+        return
+    settings = ctx.find_root().meta.setdefault("log", {"level": "INFO", "fmt": "text"})
+    settings["level" if param.name == "log_level" else "fmt"] = value
+    logs.setup(settings["level"], settings["fmt"])
+
+
+def log_options(command: F) -> F:
+    """The global logging options, accepted after the subcommand too."""
+    for name, choice in (("--log-format", LOG_FORMATS), ("--log-level", LOG_LEVELS)):
+        command = click.option(
+            name,
+            type=choice,
+            expose_value=False,
+            callback=_relog,
+            help="As before the subcommand (see spark-sinks --help).",
+        )(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spark-sinks")
-@click.option(
-    "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-)
-@click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
-def cli(log_level: str, log_format: str) -> None:
+@click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True)
+@click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """Deliver industrial machine data (Spark records and metadata) to sinks."""
+    ctx.meta["log"] = {"level": log_level, "fmt": log_format}
     logs.setup(log_level, log_format)
 
 
 @cli.command()
 @CONFIG_OPTION
+@log_options
 def run(config_path: Path) -> None:
     """Run until the source ends or SIGINT/SIGTERM arrives, then flush and close every sink."""
-    config, registry = _load(config_path)
-    runtime = Runtime(config, registry)
-    signals = 0
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal signals
-        signals += 1
-        name = signal.Signals(signum).name
-        if signals == 1:
-            log.info("%s received: stopping the source, then flushing the sinks", name)
-            runtime.request_stop()
-        else:
-            log.warning("%s received again: giving up on what is still pending", name)
-            runtime.force()
+    def body(sup: Supervisor) -> Report:  # on the pipeline thread
+        config, registry = _load(config_path)
+        runtime = Runtime(config, registry)
+        sup.adopt(runtime)
+        runtime.start()
+        # Start-up objects live as long as the process: keep them out of every later collection.
+        gc.freeze()
+        gc.enable()
+        sup.phase = Phase.RUNNING
+        return runtime.run()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGHUP, lambda *_: runtime.reload_requested.set())
-    runtime.start()
-    # Start-up objects live as long as the process: keep them out of every later collection.
-    gc.freeze()
-    gc.enable()
-    report = runtime.run()
-    _summarise(report)
+    sup = Supervisor(body, summarise)
+    sup.install()  # before anything is loaded: every phase honours the first signal
+    report = sup.run()
+    summarise(report)
     sys.exit(report.exit_code)
 
 
-def _summarise(report: Report) -> None:
+def summarise(report: Report) -> None:
+    """The run's last lines: the input, then one line per sink."""
     log.info(
         "input: %d items, %d envelopes assembled, %d rejected, %d incomplete records dropped",
         report.items,
@@ -115,9 +132,11 @@ def _summarise(report: Report) -> None:
     )
     for name, s in report.sinks.items():
         missing = int(s["accepted"]) - int(s["delivered"])
-        line = f"sink {name!r}: {s['accepted']} accepted, {s['delivered']} delivered"
+        why = report.not_started.get(name)
+        head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"
+        line = f"{head} {s['accepted']} accepted, {s['delivered']} delivered"
         if not missing:
-            log.info("%s", line)
+            (log.error if why else log.info)("%s", line)
             continue
         parts = [
             f"{s[k]} {k.replace('_', '-')}"
@@ -129,16 +148,25 @@ def _summarise(report: Report) -> None:
             line,
             missing,
             ", ".join(parts),
-            f"; last error: {s['last_error']}" if s.get("last_error") else "",
+            f"; last error: {s['last_error']}" if s.get("last_error") and not why else "",
         )
 
 
 @cli.command()
 @CONFIG_OPTION
+@log_options
 def check(config_path: Path) -> None:
     """Validate the config and run each enabled sink's connection check."""
     config, _ = _load(config_path)
+    ops = check_operations(config.operations)
+    if ops.problems:
+        raise ConfigError(f"{config_path}: {'; '.join(ops.problems)}")
     click.echo(f"config: ok ({len(config.machines)} machines, source {config.source.type})")
+    if ops.notes:
+        click.echo(f"operations: ok ({'; '.join(ops.notes)})")
+    if log.getEffectiveLevel() >= logging.INFO:
+        # Each verdict is printed below, once; a sink's own INFO line would repeat it.
+        logging.getLogger("spark_sinks.sink").setLevel(logging.WARNING)
     failed = 0
     for spec in config.sinks.values():
         if not spec.config.enabled:
@@ -158,32 +186,28 @@ def check(config_path: Path) -> None:
 
 @cli.command()
 @CONFIG_OPTION
+@log_options
 def status(config_path: Path) -> None:
-    """Is data flowing? Reads the status file of a running `spark-sinks run`."""
+    """Is data flowing? Reads the status file of a running `spark-sinks run`.
+
+    Exit 0 when every sink of a live run flows; 1 otherwise (stalled, losing envelopes,
+    a stale or damaged file, the run has exited, or no status_file is configured)."""
     config, _ = _load(config_path)
     path = config.operations.status_file
     if path is None:
-        raise ConfigError(
-            f"{config_path}: operations.status_file is not set, so there is no status"
+        raise SparkSinksError(
+            f"{config_path}: operations.status_file is not set, so no run writes a status; "
+            "set it and restart the run"
         )
-    try:
-        snap = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise SparkSinksError(f"{path}: no status yet; is spark-sinks running?") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise SparkSinksError(f"{path}: unreadable status file: {exc}") from None
-    ok, lines = verdict(snap)
-    click.echo(
-        f"{'OK' if ok else 'PROBLEM'}: pid {snap['pid']}, input {snap['input']['items']} "
-        f"items, {snap['input']['rejected']} rejected"
-    )
-    for line in lines:
-        click.echo(f"  {line}")
-    sys.exit(0 if ok else 1)
+    result = verdict(read_status(path))
+    for i, line in enumerate(result.lines):
+        click.echo(line if i == 0 else f"  {line}")
+    sys.exit(0 if result.ok else 1)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@log_options
 def plugins(as_json: bool) -> None:
     """List installed plugins, their hooks, and the sink and source types they provide.
 

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ConfigError
 
 log = logging.getLogger("spark_sinks.stats")
 
@@ -53,31 +58,122 @@ def summary_line(snap: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+_COMPLAIN_EVERY = 600.0
+"""Seconds between repeated error lines about one operational fault that persists."""
+
+
+class _Complaints:
+    """Rate-limits the error lines of one persistent fault: the first, then one every
+    ``_COMPLAIN_EVERY`` seconds, each with how often it happened meanwhile."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._last = -_COMPLAIN_EVERY
+        self.failing = False
+
+    def fail(self, message: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if not self.failing or now - self._last >= _COMPLAIN_EVERY:
+            log.error("%s (%d times so far; delivery is not affected)", message, self.count)
+            self._last = now
+        self.failing = True
+
+
 class Reporter:
-    """A daemon thread: every ``stats_interval`` seconds, one log line and the status file."""
+    """A daemon thread: every ``stats_interval`` seconds, one log line and the status file.
+
+    Nothing here may stop delivery: after the start-up checks (``open``), a status file
+    that cannot be written, or any error in a report, is one error line (rate-limited) and
+    a counter (``status_write_errors``), and the thread goes on."""
 
     def __init__(self, config: OperationsConfig, snapshot: Snapshot) -> None:
         self.config = config
         self.snapshot = snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        """Held for a whole report: the reporter thread, the final report and a report of
+        a run given up on (main thread) may overlap; the fields below are theirs."""
         self._last_delivered: dict[str, int] = {}
         self._last_flow: dict[str, float] = {}
+        self._status_errors = _Complaints()
+        self._report_errors = _Complaints()
         self.server: Any = None
 
+    @property
+    def status_write_errors(self) -> int:
+        return self._status_errors.count
+
+    def open(self, where: str) -> None:
+        """Before any data is accepted: bind the metrics port and write a first status, so
+        that a port in use or an unwritable status file stops the start (exit 2)."""
+        ops = self.config
+        if ops.metrics_port is not None:
+            try:
+                self.server = serve_metrics(ops, self._with_own_counters)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}: operations.metrics_port: cannot listen on "
+                    f"{ops.metrics_addr}:{ops.metrics_port}: {exc.strerror or exc}"
+                ) from None
+        if ops.status_file is not None:
+            try:
+                write_atomically(ops.status_file, orjson.dumps(self._stamp(final=False)))
+            except OSError as exc:
+                self.stop()
+                raise ConfigError(
+                    f"{where}: operations.status_file: cannot write {ops.status_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+
     def start(self) -> None:
-        if self.config.metrics_port is not None:
-            self.server = serve_metrics(self.config, self.snapshot)
         if self.config.stats_interval > 0:
             self._thread = threading.Thread(target=self._loop, name="reporter", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.stats_interval):
-            self.report()
+            try:
+                self.report()
+            except Exception as exc:  # a bug here must not end the reports for the run
+                self._report_errors.fail(f"the periodic report failed: {type(exc).__name__}: {exc}")
+
+    def _with_own_counters(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        snap["status_write_errors"] = self.status_write_errors
+        return snap
 
     def report(self, final: bool = False) -> dict[str, Any]:
-        snap = self.snapshot()
+        with self._lock:
+            return self._report(final)
+
+    def _report(self, final: bool) -> dict[str, Any]:
+        snap = self._stamp(final)
+        if not final:  # at exit the CLI prints its own summary
+            log.info("%s", summary_line(snap))
+        if self.config.status_file is not None:
+            self._write_status(snap)
+        return snap
+
+    def _write_status(self, snap: dict[str, Any]) -> None:
+        path = self.config.status_file
+        assert path is not None
+        try:
+            write_atomically(path, orjson.dumps(snap, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            self._status_errors.fail(
+                f"cannot write the status file {path}: {exc.strerror or exc}; "
+                f"retrying every {self.config.stats_interval:g}s"
+            )
+            return
+        if self._status_errors.failing:
+            self._status_errors.failing = False
+            log.warning("the status file %s is written again", path)
+
+    def _stamp(self, final: bool) -> dict[str, Any]:
+        """A snapshot with when each sink last delivered, and the reporter's own fields."""
+        snap = self._with_own_counters()
         now = time.time()
         for name, s in snap["sinks"].items():
             if s["delivered"] != self._last_delivered.get(name):
@@ -87,12 +183,6 @@ class Reporter:
         snap["time"] = now
         snap["interval"] = self.config.stats_interval
         snap["final"] = final
-        if not final:  # at exit the CLI prints its own summary
-            log.info("%s", summary_line(snap))
-        if self.config.status_file is not None:
-            write_atomically(
-                self.config.status_file, orjson.dumps(snap, option=orjson.OPT_INDENT_2)
-            )
         return snap
 
     def stop(self) -> None:
@@ -101,6 +191,83 @@ class Reporter:
             self._thread.join(5)
         if self.server is not None:
             self.server.shutdown()
+
+
+@dataclass(frozen=True)
+class OperationsCheck:
+    """What ``spark-sinks check`` found about the ``operations:`` block."""
+
+    problems: list[str]
+    """Each stops a run at start (exit 2): one line naming the config key."""
+    notes: list[str]
+
+
+def check_operations(ops: OperationsConfig) -> OperationsCheck:
+    """The start-up checks of ``Reporter.open``, without taking anything: is the metrics port
+    free (or already served by a running spark-sinks), can the status file be written?"""
+    problems, notes = [], []
+    if ops.metrics_port:  # 0 picks a free port: nothing to check
+        why = _port_problem(ops.metrics_addr, ops.metrics_port)
+        if why is None:
+            notes.append(f"metrics port {ops.metrics_port} is free")
+        elif _serves_metrics(ops.metrics_addr, ops.metrics_port):
+            notes.append(f"metrics port {ops.metrics_port} is served by a running spark-sinks")
+        else:
+            problems.append(f"operations.metrics_port: {why}")
+    if ops.status_file is not None:
+        why = _status_file_problem(ops.status_file)
+        if why is None:
+            notes.append(f"status file {ops.status_file} is writable")
+        else:
+            problems.append(f"operations.status_file: {why}")
+    return OperationsCheck(problems, notes)
+
+
+def _port_problem(addr: str, port: int) -> str | None:
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[
+            0
+        ]
+    except OSError as exc:
+        return f"cannot resolve the metrics address {addr!r}: {exc.strerror or exc}"
+    with socket.socket(family, kind, proto) as sock:
+        # as the metrics server binds: a port left in TIME_WAIT is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            return f"cannot listen on {addr}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _serves_metrics(addr: str, port: int) -> bool:
+    """Is it our own metrics endpoint (a running spark-sinks with this config)?"""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(addr, addr)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return b"spark_sinks_accepted" in resp.read(1 << 20)
+    except (OSError, ValueError):
+        return False
+
+
+def _status_file_problem(path: Path) -> str | None:
+    """Could the status file be written (its missing directories created)? Tries for real,
+    with a temporary file that is removed, and creates nothing else."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is not a directory"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".spark-sinks-check.")
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -157,6 +324,11 @@ def _collector(snapshot: Snapshot) -> Any:
             yield CounterMetricFamily(
                 "spark_sinks_input_rejected", "Input items rejected", value=i["rejected"]
             )
+            yield CounterMetricFamily(
+                "spark_sinks_status_write_errors",
+                "Status file writes that failed",
+                value=snap.get("status_write_errors", 0),
+            )
 
     return Collector()
 
@@ -173,42 +345,3 @@ def serve_metrics(config: OperationsConfig, snapshot: Snapshot) -> Any:
     port = server.server_address[1]
     log.info("Prometheus metrics on http://%s:%d/metrics", config.metrics_addr, port)
     return server
-
-
-# -- status ----------------------------------------------------------------------------------
-
-
-def verdict(snap: dict[str, Any], now: float | None = None) -> tuple[bool, list[str]]:
-    """Is data flowing? Stale status, a sink with pending envelopes and no delivery for
-    three intervals, or undeliverable envelopes make it unhealthy."""
-    now = time.time() if now is None else now
-    interval = snap.get("interval") or 60
-    lines = []
-    ok = True
-    age = now - snap["time"]
-    if snap.get("final"):
-        lines.append("the process has exited (final status)")
-        ok = False
-    elif age > 3 * interval:
-        lines.append(f"status is {age:.0f}s old: is spark-sinks running?")
-        ok = False
-    for name, s in snap["sinks"].items():
-        last = s.get("last_delivery_at")
-        since = f"{now - last:.0f}s ago" if last else "never"
-        state = "flowing"
-        if s["pending"] and (last is None or now - last > 3 * interval):
-            state = "STALLED"
-            ok = False
-        if s["failed"] or s["dropped"]:
-            ok = False
-        line = (
-            f"sink {name}: {state}; last delivery {since}; {s['pending']} pending, "
-            f"{s['delivered']} delivered, {s['dead_lettered']} dead-lettered, "
-            f"{s['dropped']} dropped, {s['failed']} failed"
-        )
-        if s.get("spool_depth") is not None:
-            line += f", {s['spool_depth']} in spool"
-        if s.get("last_error"):
-            line += f"; last error: {s['last_error']}"
-        lines.append(line)
-    return ok, lines

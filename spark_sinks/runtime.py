@@ -30,14 +30,21 @@ EXIT_CONFIG = 2
 EXIT_REJECTED_INPUT = 3
 
 
-def start_sink(spec: SinkSpec, host: str, check: bool = True, probe: bool = False) -> ActiveSink:
+def start_sink(
+    spec: SinkSpec,
+    host: str,
+    check: bool = True,
+    probe: bool = False,
+    context: SinkContext | None = None,
+) -> ActiveSink:
     """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it.
 
     A spooled sink whose check fails still starts, since its spool holds what it cannot
     deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a running
-    process may own it, and a check must not deliver what it holds."""
+    process may own it, and a check must not deliver what it holds. ``context`` lets the
+    caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
     cls = spec.provided.cls
-    ctx = SinkContext(spec.name, host, spec.config.dead_letter)
+    ctx = context or SinkContext(spec.name, host, spec.config.dead_letter)
     label = f"sink {spec.name!r} ({cls.type_name} from {spec.provided.plugin.distribution})"
     try:
         sink = cls(spec.config, ctx)
@@ -59,7 +66,8 @@ def start_sink(spec: SinkSpec, host: str, check: bool = True, probe: bool = Fals
                 return active
             stop_sink(active)
             raise
-        log.info("sink %r ready: %s", spec.name, active.checked)
+        if not probe:  # `spark-sinks check` prints the verdict itself
+            log.info("sink %r ready: %s", spec.name, active.checked)
     return active
 
 
@@ -82,6 +90,8 @@ class Report:
     rejected: int = 0
     incomplete_dropped: int = 0
     sinks: dict[str, dict[str, object]] = field(default_factory=dict)
+    not_started: dict[str, str] = field(default_factory=dict)
+    """Sinks that could not start (or were stopped while starting), with the reason."""
 
     @property
     def undelivered(self) -> dict[str, int]:
@@ -111,18 +121,36 @@ class Runtime:
         self._finished: dict[str, dict[str, Any]] = {}
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
+        self.stopped_by = ""
+        """The signal that stopped the run, for messages."""
+        self._starting: tuple[str, SinkContext] | None = None
+        """The sink whose open and check are running (pipeline thread writes, signal reads)."""
+        self._busy = "the start-up"
+        """What the pipeline thread is doing, for when a signal has to give up on it."""
 
     def start(self) -> None:
         """Start every enabled sink. One that cannot start is reported and the others run
         (its envelopes count as not delivered); only when none can start is it fatal."""
+        # the metrics port and the status file first: a fault there is exit 2 before any
+        # sink is opened or any data accepted
+        self.reporter.open(str(self.config.path))
         enabled = [spec for spec in self.config.sinks.values() if spec.config.enabled]
         for spec in enabled:
+            if self.stop.is_set():
+                self._start_failures[spec.name] = (f"stopped by {self.stopped_by}", 0)
+                continue
             try:
-                self.dispatcher.add(start_sink(spec, self.config.host))
+                self.dispatcher.add(self._start(spec, self.config.host))
             except SinkError as exc:
+                if self.stop.is_set():
+                    why = f"stopped by {self.stopped_by} during its start-up ({exc})"
+                    self._start_failures[spec.name] = (why, 0)
+                    continue
                 if len(enabled) > 1:
                     log.error("%s; running without it (SIGHUP retries)", exc)
                 self._start_failures[spec.name] = (str(exc), 0)
+        if self.stop.is_set():
+            return
         if enabled and not self.dispatcher.sinks:
             raise SinkError("; ".join(msg for msg, _ in self._start_failures.values()))
         if not enabled:
@@ -130,6 +158,19 @@ class Runtime:
         self.reporter.start()
         if self.config.operations.watch_config:
             threading.Thread(target=self._watch, name="config-watch", daemon=True).start()
+
+    def _start(self, spec: SinkSpec, host: str) -> ActiveSink:
+        """``start_sink``, stoppable by a signal while it runs (see ``request_stop``)."""
+        ctx = SinkContext(spec.name, host, spec.config.dead_letter)
+        self._starting = (spec.name, ctx)
+        self._busy = f"sink {spec.name!r} to finish its start-up (open and connection check)"
+        if self.stop.is_set():  # a signal that came just before _starting was set
+            ctx.shutdown.set()
+            ctx.stopping.set()
+        try:
+            return start_sink(spec, host, context=ctx)
+        finally:
+            self._starting = None
 
     def _watch(self) -> None:
         def stamp() -> tuple[float, int] | None:
@@ -151,34 +192,71 @@ class Runtime:
         """Run until the source ends or ``stop`` is set, then shut down."""
         source = self.config.source_type.cls(self.config.source, self.config.machines)
         try:
-            self.pipeline.emit(self.assembler.all_metadata())
-            source.run(self.pipeline, self.stop)
+            if not self.stop.is_set():  # stopped during start-up: nothing is accepted
+                self._busy = "the source to stop"
+                self.pipeline.emit(self.assembler.all_metadata())
+                source.run(self.pipeline, self.stop)
         finally:
             self.pipeline.flush()
             self.shutdown()
         return self.report()
 
-    def request_stop(self) -> None:
-        """A first signal: the source stops, and no sink waits for buffer space any more."""
+    def request_stop(self, by: str = "a signal") -> None:
+        """A first signal: the source stops, and no sink waits for buffer space any more;
+        a sink still starting stops waiting at once (it is reported as not started)."""
+        self.stopped_by = self.stopped_by or by
         self.stop.set()
         for a in self.dispatcher.sinks:
             a.sink.context.shutdown.set()
+        starting = self._starting
+        if starting is not None:
+            starting[1].shutdown.set()
+            starting[1].stopping.set()
 
     def force(self) -> None:
         """A second signal: stop waiting on retries and flushes."""
         for a in self.dispatcher.sinks:
             a.sink.context.stopping.set()
 
+    def flush_bound(self) -> float:
+        """Seconds the final flushes may take in all (they run one sink after another)."""
+        return sum(a.flush_timeout for a in self.dispatcher.sinks)
+
+    def busy_with(self) -> str:
+        return self._busy
+
+    def abandon(self) -> Report:
+        """The pipeline thread is stuck and the process ends now (called by the main thread):
+        a sink still starting counts as not started; the others report their counters."""
+        starting = self._starting
+        if starting is not None:
+            why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
+            self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
+        if self.config.operations.status_file:
+            self._final_report()
+        report = self.report()
+        for a in self.dispatcher.sinks:
+            report.sinks.setdefault(a.name, a.stats.snapshot())
+        return report
+
     def shutdown(self) -> None:
         for a in self.dispatcher.sinks:
             self._retire(a)
+        self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
         if self.config.operations.stats_interval > 0 or self.config.operations.status_file:
+            self._final_report()
+
+    def _final_report(self) -> None:
+        try:
             self.reporter.report(final=True)
+        except Exception as exc:  # the data is delivered or accounted for: say so anyway
+            log.error("the final status report failed: %s: %s", type(exc).__name__, exc)
 
     def _retire(self, a: ActiveSink) -> None:
         """Flush and close a sink, keeping its final counters for the report."""
+        self._busy = f"sink {a.name!r} to flush and close"
         stop_sink(a)
         self.dispatcher.remove(a.name)
         snap = a.stats.snapshot()
@@ -220,6 +298,7 @@ class Runtime:
             rejected=self.rejects.count,
             incomplete_dropped=self.assembler.incomplete_dropped,
             sinks=sinks,
+            not_started={name: msg for name, (msg, _) in self._start_failures.items()},
         )
 
     def _missed(self, name: str) -> dict[str, Any]:
@@ -283,7 +362,7 @@ class Runtime:
             if not spec.config.enabled or name in {a.name for a in self.dispatcher.sinks}:
                 continue
             try:
-                active = start_sink(spec, new.host)
+                active = self._start(spec, new.host)
             except SinkError as exc:
                 log.error("reload: %s", exc)
                 if name not in self._start_failures:

@@ -1,0 +1,143 @@
+"""``spark-sinks status``: read the status file a run writes and say whether data flows.
+
+The file is validated before anything is read from it, whatever its shape: a file that is
+not JSON, not the expected object, or has keys missing or of the wrong type is one error
+line naming the file and the first problem. The verdict's first word is the state of the
+whole gateway, and no sink line contradicts it:
+
+- ``OK`` (exit 0): the run is alive and every sink flows;
+- ``PROBLEM`` (exit 1): the run is alive, but a sink is STALLED or has LOST envelopes;
+- ``STALE`` (exit 1): the file was not rewritten for three intervals: is the run alive?
+- ``EXITED`` (exit 1): the run has ended; the lines give each sink's final counters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import format_validation_error
+from .errors import SparkSinksError
+
+MAX_BYTES = 16 * 1024 * 1024
+"""A status file is a few kB per sink; anything this large is not one."""
+
+
+class _Model(BaseModel):
+    # strict: a counter of "12" or true is a damaged file, not a number
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class SinkStatus(_Model):
+    accepted: int = Field(ge=0)
+    delivered: int = Field(ge=0)
+    retried: int = Field(0, ge=0)
+    dead_lettered: int = Field(ge=0)
+    dropped: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    pending: int = Field(ge=0)
+    spool_depth: int | None = Field(None, ge=0)
+    last_error: str | None = None
+    last_delivery_at: float | None = None
+
+
+class InputStatus(_Model):
+    items: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+
+
+class StatusFile(_Model):
+    pid: int = Field(ge=0)
+    time: float
+    interval: float = Field(60.0, ge=0)
+    final: bool = False
+    input: InputStatus
+    sinks: dict[str, SinkStatus]
+
+
+def read_status(path: Path) -> StatusFile:
+    """The validated status file; ``SparkSinksError`` (one line) when it cannot be used."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise SparkSinksError(f"{path}: no status file yet; is spark-sinks running?") from None
+    except OSError as exc:
+        raise SparkSinksError(f"{path}: cannot read the status file: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise SparkSinksError(f"{path}: not a status file (over {MAX_BYTES} bytes)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SparkSinksError(f"{path}: damaged status file: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SparkSinksError(f"{path}: damaged status file: not a JSON object")
+    try:
+        return StatusFile.model_validate(data)
+    except ValidationError as exc:
+        first = format_validation_error(exc).split("; ")[0]
+        raise SparkSinksError(f"{path}: damaged status file: {first}") from None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    lines: list[str]
+    """The headline first, then one line per sink."""
+
+
+def _ago(now: float, then: float | None) -> str:
+    if then is None:
+        return "never"
+    return f"{max(0.0, now - then):.0f}s ago"
+
+
+def _counts(s: SinkStatus) -> str:
+    text = (
+        f"{s.delivered} delivered, {s.pending} pending, {s.dead_lettered} dead-lettered, "
+        f"{s.dropped} dropped, {s.failed} failed"
+    )
+    if s.spool_depth is not None:
+        text += f", {s.spool_depth} in spool"
+    if s.last_error:
+        text += f"; last error: {s.last_error}"
+    return text
+
+
+def verdict(snap: StatusFile, now: float | None = None) -> Verdict:
+    now = time.time() if now is None else now
+    interval = snap.interval or 60.0
+    age = now - snap.time
+    head = f"pid {snap.pid}, input {snap.input.items} items, {snap.input.rejected} rejected"
+    if snap.final:
+        lines = [f"EXITED: {head}; the run ended {_ago(now, snap.time)}"]
+        for name, s in snap.sinks.items():
+            lost = s.accepted - s.delivered
+            state = "all delivered" if not lost else f"{lost} NOT delivered"
+            lines.append(f"sink {name}: {state}; {s.accepted} accepted, {_counts(s)}")
+        return Verdict(False, lines)
+    if age > 3 * interval:
+        lines = [f"STALE: {head}; last status {age:.0f}s ago: is spark-sinks running?"]
+        for name, s in snap.sinks.items():
+            lines.append(f"sink {name}: last known: {_counts(s)}")
+        return Verdict(False, lines)
+    problems = []
+    sink_lines = []
+    for name, s in snap.sinks.items():
+        last = s.last_delivery_at
+        if s.pending and (last is None or now - last > 3 * interval):
+            state = "STALLED"
+        elif s.failed or s.dropped:
+            state = "LOST ENVELOPES"
+        else:
+            state = "flowing"
+        if state != "flowing":
+            problems.append(f"sink {name} {state}")
+        sink_lines.append(f"sink {name}: {state}; last delivery {_ago(now, last)}; {_counts(s)}")
+    if problems:
+        return Verdict(False, [f"PROBLEM: {', '.join(problems)}; {head}", *sink_lines])
+    return Verdict(True, [f"OK: {head}", *sink_lines])
