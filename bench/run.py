@@ -24,7 +24,14 @@ Cases, each on a fresh 4-shard stream of the same moto server process:
                    process of its own, timed the same way (see ``mqtt_bare_case.py``)
 
 Then one long run for peak RSS: ``spark-sinks run`` of 1,000,000 records into the
-kinesis sink configured as in (d).
+kinesis sink configured as in (d). (c), (d) and the RSS run set ``rate_limit: off``: moto
+takes any rate, and they measure the sender, not Kinesis's per-shard limits.
+
+Then the shard-aware rate cases (``RATE_CASES``): a backlog of 10,000 records sent through
+``tests/support/throttle.py``, which meters every shard like Kinesis at scaled-down limits,
+with and without aggregation, each next to the same run with ``rate_limit: off``; time
+against the ideal (the busiest shard's records over its limit) and the share of entries
+refused (``--rate-records``, ``--rate-repeat``; ``--only rate,rate-kpl,...``).
 
 Every case sends the same records: 535 bytes of envelope JSON with 5 attributes, from
 20 machines. Each case is a function ``(bench) -> records per second``; add a case by
@@ -353,9 +360,12 @@ def case_bare_put_records(b: Bench) -> float:
     return ds.n / took
 
 
-def _run_spark_sinks(b: Bench, ndjson: Path, n: int, name: str, **sink: Any) -> float:
+def _run_spark_sinks(
+    b: Bench, ndjson: Path, n: int, name: str, endpoint: str = "", **sink: Any
+) -> float:
     """``spark-sinks run`` of an NDJSON file of ``n`` records into the kinesis sink on a
-    fresh stream, as a whole process; returns its seconds, after checking the count."""
+    fresh stream (through ``endpoint``, moto by default), as a whole process; returns its
+    seconds, after checking the count."""
     stream = b.fresh_stream()
     cfg = {
         "host": HOST,
@@ -366,7 +376,7 @@ def _run_spark_sinks(b: Bench, ndjson: Path, n: int, name: str, **sink: Any) -> 
                 "type": "kinesis",
                 "stream_name": stream,
                 "region": "us-east-1",
-                "endpoint_url": b.moto.url,
+                "endpoint_url": endpoint or b.moto.url,
                 "connection_test": False,
                 # a loaded machine must make a run slow, not fail it at the flush deadline
                 "flush_timeout": 600,
@@ -395,12 +405,18 @@ def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
     return ds.n / _run_spark_sinks(b, ds.ndjson, ds.n, "bench", **sink)
 
 
+UNMETERED = {"rate_limit": False}
+"""moto takes any rate: (c), (d) and the RSS run measure the sender itself, not the 1,000
+records/s and 1 MiB/s per shard that the sink keeps by default for real streams (the
+rate cases below measure that)."""
+
+
 def case_spark_sinks_run(b: Bench) -> float:
     """(c) ``spark-sinks run`` without aggregation."""
-    return spark_sinks_run(b)
+    return spark_sinks_run(b, **UNMETERED)
 
 
-KPL_SINK = {"aggregation": "kpl"}
+KPL_SINK = {"aggregation": "kpl", **UNMETERED}
 """The sink settings of (d) and the long RSS run: the defaults with aggregation, that is
 16 MiB of buffer and requests of 1 MiB. (8 MiB of buffer was as fast on 20,000 records
 and peaked about 10 MB lower in the 1,000,000-record run; 2 MiB was about 5% slower.)"""
@@ -415,7 +431,7 @@ def compressed_case(compression: str, aggregated: bool) -> Callable[[Bench], flo
     """(c) or (d) with ``compression``."""
 
     def case(b: Bench) -> float:
-        sink = {**(KPL_SINK if aggregated else {}), "compression": compression}
+        sink = {**(KPL_SINK if aggregated else UNMETERED), "compression": compression}
         return spark_sinks_run(b, **sink)
 
     return case
@@ -556,6 +572,93 @@ ABSOLUTE = [("f", 50_000.0)]
 RSS_TARGET_MB = 150.0
 
 
+# -- shard-aware rate: a backlog through Kinesis's per-shard limits ----------------------
+
+RATE_LIMITS = {"records_per_second": 200, "bytes_per_second": 128 * 1024}
+"""Kinesis's per-shard limits scaled down (1,000 records/s, 1 MiB/s), so that a backlog of
+many seconds of the busiest shard's capacity stays a short run."""
+RATE_CASES = [
+    ("rate", "kinesis sink, shard-aware (rate_limit: on)", {}),
+    ("rate-off", "the same, shard-unaware (rate_limit: off)", {"rate_limit": False}),
+    ("rate-kpl", "kinesis sink, aggregation: kpl, shard-aware", {"aggregation": "kpl"}),
+    (
+        "rate-kpl-off",
+        "the same, shard-unaware (rate_limit: off)",
+        {"aggregation": "kpl", "rate_limit": False},
+    ),
+]
+
+
+@dataclass
+class RateRun:
+    seconds: float
+    """``spark-sinks run``, process start to exit."""
+    ideal: float
+    """The busiest shard's accepted records (or bytes) over its limit."""
+    sent: int
+    """PutRecords entries sent (an aggregate is one)."""
+    throttled: int
+    """Entries refused with ProvisionedThroughputExceededException."""
+
+
+def rate_run(b: Bench, n: int, **sink: Any) -> RateRun:
+    """``n`` records (20 machines on 4 shards: 7, 8, 2 and 3 machines) through
+    ``ThrottleProxy`` with ``RATE_LIMITS``, into a fresh stream."""
+    from tests.support.throttle import ThrottleProxy
+
+    path = write_items(b.work / f"rate-{n}.ndjson", n)
+    with ThrottleProxy(b.moto.url, **RATE_LIMITS) as proxy:
+        took = _run_spark_sinks(
+            b,
+            path,
+            n,
+            "rate",
+            endpoint=proxy.url,
+            shard_limits=RATE_LIMITS,
+            # scaled like the limits: a record must fit a second's budget (1 MiB in Kinesis)
+            max_record_bytes=64 * 1024,
+            flush_timeout=600,  # the final flush sends most of the backlog
+            **sink,
+        )
+        totals = proxy.totals().values()
+        ideal = proxy.ideal_seconds()
+    throttled = sum(t["throttled"] for t in totals)
+    return RateRun(took, ideal, sum(t["records"] for t in totals) + throttled, throttled)
+
+
+def rate_report(runs: dict[str, list[RateRun]], n: int) -> list[str]:
+    lim = RATE_LIMITS
+    lines = [
+        "",
+        f"Shard-aware rate: {n:,} records from 20 machines on 4 shards (7, 8, 2, 3 machines), "
+        f"through tests/support/throttle.py: Kinesis's per-shard limits scaled to "
+        f"{lim['records_per_second']} records/s and {lim['bytes_per_second'] // 1024} KiB/s, "
+        "per wall-clock second. Ideal: the busiest shard's accepted records (or bytes) over "
+        "its limit. Median of the runs by time.",
+        "",
+        "| case | what | seconds | ideal s | time / ideal | entries sent | throttled |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, _ in RATE_CASES:
+        if key not in runs:
+            continue
+        r = sorted(runs[key], key=lambda x: x.seconds)[len(runs[key]) // 2]
+        lines.append(
+            f"| {key} | {label} | {r.seconds:.1f} | {r.ideal:.1f} | {r.seconds / r.ideal:.2f} "
+            f"| {r.sent:,} | {r.throttled:,} ({100 * r.throttled / r.sent:.1f}%) |"
+        )
+    for key in ("rate", "rate-kpl"):
+        if key in runs:
+            worst = max(r.seconds / r.ideal for r in runs[key])
+            share = max(r.throttled / r.sent for r in runs[key])
+            ok = "met" if worst <= 1.1 and share <= 0.05 else "NOT met"
+            lines.append(
+                f"{key}: worst time / ideal {worst:.2f} (goal <= 1.1), worst throttled share "
+                f"{100 * share:.1f}% (goal <= 5%): {ok}."
+            )
+    return lines
+
+
 # -- peak RSS of a long run ---------------------------------------------------------------
 
 
@@ -677,6 +780,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each case; median counts")
     ap.add_argument("--seed-repeat", type=int, default=1, help="runs of (a), which is slow")
     ap.add_argument("--only", default="", help="comma list of case keys, e.g. b,c,e-kpl")
+    ap.add_argument("--rate-records", type=int, default=10_000, help="records of the rate cases")
+    ap.add_argument("--rate-repeat", type=int, default=1, help="runs of each rate case")
     args = ap.parse_args()
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     t_start = time.perf_counter()
@@ -716,7 +821,22 @@ def main() -> None:
             if args.rss_records and (not only or "rss" in only):
                 long_run = rss_run(b, args.rss_records)
                 print(f"rss    {long_run[0]}: {long_run[1]:,.0f} records/s, {long_run[2]:.0f} MB")
+            rate_runs: dict[str, list[RateRun]] = {}
+            for _ in range(args.rate_repeat):
+                for key, label, sink in RATE_CASES:
+                    if only and key not in only:
+                        continue
+                    b.case = key
+                    r = rate_run(b, args.rate_records, **sink)
+                    rate_runs.setdefault(key, []).append(r)
+                    print(
+                        f"{key:12s} {label:50s} {r.seconds:6.1f} s (ideal {r.ideal:.1f} s), "
+                        f"{r.throttled}/{r.sent} throttled",
+                        flush=True,
+                    )
             text = report(b, runs, not_run, args.repeat, args.seed_repeat, long_run)
+            if rate_runs:
+                text += "\n".join(rate_report(rate_runs, args.rate_records)) + "\n"
         finally:
             moto.stop()
             if "b" in locals() and b.mqtt_broker is not None:  # b: unset if Bench() raised

@@ -7,6 +7,7 @@ freely (the original kept one global buffer and lost records that way).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
@@ -14,6 +15,7 @@ import orjson
 from . import timefmt
 from .envelope import METADATA, RECORD, Envelope
 from .machines import Machine, metadata_payload
+from .show import show
 from .timefmt import is_canonical as _canonical
 
 log = logging.getLogger(__name__)
@@ -55,37 +57,63 @@ class Assembler:
 
     # -- definitions -----------------------------------------------------------------
 
-    def reconfigure(self, machines: dict[str, Machine]) -> list[Envelope]:
-        """Adopt new machine definitions; return metadata for machines that
-        became publishing or whose definition changed. Their open cycles restart."""
+    def reconfigure(self, machines: dict[str, Machine], host: str | None = None) -> list[Envelope]:
+        """Adopt new machine definitions (and host); return the envelopes that go out now.
+
+        A machine that changed, or stops publishing, ends its open cycle as
+        ``on_incomplete`` says (emitted as it was defined, or dropped and counted); then
+        comes metadata for each machine that became publishing or changed, or for every
+        machine when the host changed."""
         old = self.machines
+        restart = {
+            name
+            for name, m in machines.items()
+            if m.publishing
+            and (
+                (prev := old.get(name)) is None
+                or not prev.publishing
+                or metadata_payload(prev, old) != metadata_payload(m, machines)
+            )
+        }
+        out = self._close_cycles(
+            name for name in self._cycles if name in restart or name not in machines
+        )
+        new_host = False
+        if host is not None and host != self._host:
+            self._host, new_host = host, True
         self.machines = machines
         self._build_heads()
-        out = []
         for name, m in machines.items():
             if not m.publishing:
                 self._cycles.pop(name, None)
-                continue
-            prev = old.get(name)
-            if (
-                prev is None
-                or not prev.publishing
-                or metadata_payload(prev, old) != metadata_payload(m, machines)
-            ):
+            elif name in restart:
                 self._cycles[name] = _Cycle()
-                out.append(self.metadata(m))
+                if not new_host:
+                    out.append(self.metadata(m))
         for name in old.keys() - machines.keys():
             self._cycles.pop(name, None)
+        if new_host:
+            out.extend(self.all_metadata())
+        return out
+
+    def finish(self) -> list[Envelope]:
+        """The input ended: every machine's open cycle is emitted or dropped (counted and
+        logged with its machine), as ``on_incomplete`` says."""
+        return self._close_cycles(list(self._cycles), "the input ended")
+
+    def _close_cycles(
+        self, names: Iterable[str], why: str = "its definition changed"
+    ) -> list[Envelope]:
+        out: list[Envelope] = []
+        for name in names:
+            cycle = self._cycles.get(name)
+            if cycle is not None and cycle.values:
+                out.extend(self._incomplete(self.machines[name], cycle, why))
         return out
 
     @property
     def host(self) -> str:
         return self._host
-
-    @host.setter
-    def host(self, host: str) -> None:
-        self._host = host
-        self._build_heads()
 
     def _build_heads(self) -> None:
         """Each machine's record JSON up to its time: records are encoded from
@@ -123,7 +151,7 @@ class Assembler:
     def _machine(self, name: Any) -> Machine | None:
         m = self.machines.get(name) if type(name) is str else None
         if m is None:
-            raise InputError(f"unknown machine {name!r}")
+            raise InputError(f"unknown machine {show(name)}")
         if not m.publishing:
             self.ignored += 1
             return None
@@ -135,14 +163,14 @@ class Assembler:
             return []
         var = m.variables.get(variable) if type(variable) is str else None
         if var is None:
-            raise InputError(f"machine {m.name!r} has no variable {variable!r}")
+            raise InputError(f"machine {show(m.name)} has no variable {show(variable)}")
         if type(value) not in var.plain and not var.check(value):
-            raise InputError(f"{m.name}.{var.name}: {value!r} is not a valid {var.format}")
+            raise InputError(f"{m.name}.{var.name}: {show(value)} is not a valid {var.format}")
         t = _time(time)
         cycle = self._cycles[m.name]
         out: list[Envelope] = []
         if variable in cycle.values:
-            out.extend(self._incomplete(m, cycle, repeated=variable))
+            out.extend(self._incomplete(m, cycle, f"{show(variable)} repeated first"))
         if cycle.time is None:
             cycle.time = t
             cycle.opened = self.position
@@ -166,22 +194,25 @@ class Assembler:
         for k, v in values.items():
             var = variables.get(k)
             if var is None:
-                raise InputError(f"machine {m.name!r} has no variable {k!r}")
+                raise InputError(f"machine {show(m.name)} has no variable {show(k)}")
             tv = type(v)
             if tv not in var.plain:
                 r = var.int_range
                 if not (r and tv is int and r[0] <= v <= r[1]) and not var.check(v):
-                    raise InputError(f"{m.name}.{k}: {v!r} is not a valid {var.format}")
+                    raise InputError(f"{m.name}.{k}: {show(v)} is not a valid {var.format}")
         if type(time) is str and _canonical(time):
             t = time
         elif type(time) is int:
-            t = timefmt.format_ms(time)
+            try:
+                t = timefmt.format_ms(time)
+            except ValueError as e:
+                raise InputError(str(e)) from None
         else:
             t = _time(time)
         if len(values) != len(variables):
             missing = ", ".join(sorted(variables.keys() - values.keys()))
             if self.on_incomplete == "drop":
-                raise InputError(f"record of {m.name!r} lacks variables: {missing}")
+                raise InputError(f"record of {show(m.name)} lacks variables: {missing}")
             self.incomplete_emitted += 1
         return [self._record(m, t, values)]
 
@@ -191,24 +222,27 @@ class Assembler:
         opened = [c.opened for c in self._cycles.values() if c.time is not None]
         return min(opened) - 1 if opened else self.position
 
-    def _incomplete(self, m: Machine, cycle: _Cycle, repeated: str) -> list[Envelope]:
-        have = len(cycle.values)
-        out = []
-        if self.on_incomplete == "emit":
-            self.incomplete_emitted += 1
-            out.append(self._record(m, cycle.time, cycle.values))
-        else:
-            self.incomplete_dropped += 1
-            log.warning(
-                "dropped an incomplete record of %s (%d of %d variables): %r repeated first",
-                m.name,
-                have,
-                len(m.variables),
-                repeated,
-            )
+    def _incomplete(self, m: Machine, cycle: _Cycle, why: str) -> list[Envelope]:
+        values, time = cycle.values, cycle.time
         cycle.values = {}
         cycle.time = None
-        return out
+        if self.on_incomplete == "emit":
+            try:
+                record = self._record(m, time, values)
+            except InputError as exc:  # a value a plugin's source fed that JSON cannot hold
+                why = f"{why}; it cannot be sent: {exc}"
+            else:
+                self.incomplete_emitted += 1
+                return [record]
+        self.incomplete_dropped += 1
+        log.warning(
+            "dropped an incomplete record of %s (%d of %d variables): %s",
+            m.name,
+            len(values),
+            len(m.variables),
+            why,
+        )
+        return []
 
     def _record(self, m: Machine, time: str | None, values: dict[str, Any]) -> Envelope:
         """Encode the record envelope directly: the same bytes as ``orjson.dumps`` of

@@ -135,8 +135,10 @@ def summarise(report: Report) -> None:
         why = report.not_started.get(name)
         head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"
         line = f"{head} {s['accepted']} accepted, {s['delivered']} delivered"
+        if s.get("throttled"):
+            line += f" ({s['throttled']} throttled entries retried)"
         if not missing:
-            (log.error if why else log.info)("%s", line)
+            (log.warning if why else log.info)("%s", line)
             continue
         parts = [
             f"{s[k]} {k.replace('_', '-')}"
@@ -213,7 +215,7 @@ def plugins(as_json: bool) -> None:
 
     Exits 1 when a plugin is broken (failed to load or raised in a hook)."""
     registry = load_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in registry.plugins:
         rows.append(
             {

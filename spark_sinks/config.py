@@ -7,13 +7,15 @@ e.g. ``sinks.cloud.region: 'bad-region' is not an AWS region``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -22,8 +24,11 @@ from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
 from .metrics import OperationsConfig
 from .plugins import Provided, Registry
+from .show import show
 from .sink import SinkConfig
 from .sources import SourceConfig
+
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -46,7 +51,7 @@ class VariableConfig(_Strict):
     @classmethod
     def _known_format(cls, v: str) -> str:
         if v not in FORMATS:
-            raise ValueError(f"{v!r} is not a Spark format (one of: {', '.join(FORMATS)})")
+            raise ValueError(f"{show(v)} is not a Spark format (one of: {', '.join(FORMATS)})")
         return v
 
 
@@ -55,6 +60,17 @@ class MachineConfig(_Strict):
     enable: bool = True
     publishDisabled: bool = False
     variables: dict[str, VariableConfig] = Field(min_length=1)
+
+    @field_validator("info")
+    @classmethod
+    def _json(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # published in metadata as it stands: YAML's sets, bytes or keys other than
+        # strings would only fail later, when the first envelope is encoded
+        try:
+            orjson.dumps(v)
+        except TypeError as exc:
+            raise ValueError(f"cannot be sent as JSON: {exc}") from None
+        return v
 
 
 class AppConfig(_Strict):
@@ -94,7 +110,9 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def _substitute(node: Any, path: str) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in string values; ``$$`` is a literal ``$``."""
     if isinstance(node, dict):
-        return {k: _substitute(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        return {
+            k: _substitute(v, f"{path}.{_key(k)}" if path else _key(k)) for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_substitute(v, f"{path}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
@@ -117,13 +135,23 @@ def _substitute(node: Any, path: str) -> Any:
 # -- validation errors -------------------------------------------------------------------
 
 
+_PLAIN_KEY = re.compile(r"\w[\w.:/@+-]{0,79}")
+_SHOWN_ERRORS = 5
+
+
+def _key(part: Any) -> str:
+    """A key as a config path shows it: bare when plain, else quoted as JSON and cut."""
+    text = str(part)
+    return text if _PLAIN_KEY.fullmatch(text) else show(text, 60)
+
+
 def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     out = prefix
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out = f"{out}.{part}" if out else str(part)
+            out = f"{out}.{_key(part)}" if out else _key(part)
     return out or "(top level)"
 
 
@@ -133,14 +161,20 @@ def _message(err: ErrorDetails) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg: str = err["msg"]
+    msg = " ".join(str(err["msg"]).split())[:300]
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line for all problems. Input values are not echoed (they may be secrets);
-    validators that want a value in the message put it there themselves."""
-    return "; ".join(f"{_loc(prefix, tuple(e['loc']))}: {_message(e)}" for e in exc.errors())
+    """One line for all problems (the first five, and how many more). Input values are not
+    echoed (they may be secrets); validators that want a value in the message put it there
+    themselves."""
+    errors = exc.errors()
+    shown = "; ".join(
+        f"{_loc(prefix, tuple(e['loc']))}: {_message(e)}" for e in errors[:_SHOWN_ERRORS]
+    )
+    more = len(errors) - _SHOWN_ERRORS
+    return f"{shown}; and {more} more" if more > 0 else shown
 
 
 def validate_block(model: type[BaseModel], data: Any, prefix: str) -> Any:
@@ -148,29 +182,139 @@ def validate_block(model: type[BaseModel], data: Any, prefix: str) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, prefix)) from None
+    except (ValueError, TypeError, AttributeError, LookupError) as exc:
+        # a plugin's validator that raised something pydantic does not wrap: still a
+        # problem of this block, said in one line
+        problem = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{prefix or '(top level)'}: {type(exc).__name__}: {problem}") from None
 
 
 # -- loading -----------------------------------------------------------------------------
 
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+MAX_BYTES = 1 << 20
+"""A config file larger than this is refused: a thousand machines of a dozen variables
+fit, and validating it takes seconds on a small gateway."""
+MAX_DEPTH = 64
+"""Nesting levels, aliases expanded (a config needs about eight)."""
+MAX_NODES = 200_000
+"""Values, keys and collections once aliases are expanded: bounds the time and memory that
+validation takes (a "billion laughs" alias bomb is refused before it is built)."""
 
-def read_yaml(path: Path) -> Any:
+
+class _Shape(NamedTuple):
+    nodes: int
+    """Nodes in it, itself included, aliases expanded."""
+    height: int
+    """Levels, itself included."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value  # type: ignore[no-any-return]  # a SequenceNode's list of nodes
+
+
+def _check_shape(root: yaml.Node) -> None:
+    """Refuse a composed document that would be too deep or too large once its aliases are
+    expanded, before any of it is built. An alias is one node shared by several parents
+    here, so this walk is linear in the file, whatever the expansion."""
+    if isinstance(root, yaml.ScalarNode):
+        return
+    scalar = yaml.ScalarNode
+    shapes: dict[int, _Shape] = {}
+    """id of each collection walked -> its shape."""
+    path: set[int] = set()
+    """The collections being walked: the current one and its ancestors."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack[-1]
+        key = id(node)
+        kids = _children(node)
+        if key not in path:  # first visit: walk the collections in it
+            if key in shapes:  # walked already, through another alias
+                stack.pop()
+                continue
+            path.add(key)
+            for c in kids:
+                if type(c) is scalar:
+                    continue
+                if id(c) in path:
+                    raise _shape_error(c, "an alias refers to a node that contains it")
+                height = shapes[id(c)].height if id(c) in shapes else 1
+                if depth + height > MAX_DEPTH:
+                    raise _shape_error(c, f"nested deeper than {MAX_DEPTH} levels")
+                stack.append((c, depth + 1))
+            continue
+        stack.pop()  # second visit: every collection in it is walked
+        path.discard(key)
+        nodes, height = 1, 1
+        for c in kids:
+            if type(c) is scalar:
+                nodes += 1
+                height = max(height, 2)
+            else:
+                n, h = shapes[id(c)]
+                nodes += n
+                height = max(height, h + 1)
+        if nodes > MAX_NODES:
+            raise _shape_error(node, f"more than {MAX_NODES:,} values and keys (aliases expanded)")
+        shapes[key] = _Shape(nodes, height)
+
+
+def _shape_error(node: yaml.Node, problem: str) -> ConfigError:
+    mark = node.start_mark
+    return ConfigError(f"line {mark.line + 1}, column {mark.column + 1}: {problem}")
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{path}: config file is larger than {MAX_BYTES >> 20} MiB")
     try:
-        # safe_load's own loader, in C when libyaml is there: the same safe subset of YAML
-        # (no Python objects), a few times faster on configs with many machines.
-        return yaml.load(text, Loader=_SAFE_LOADER)
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line from PyYAML's multi-line messages: where, and what."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    problem = "; ".join(p for p in parts if p) or str(exc)
+    return f"{where}invalid YAML: {' '.join(problem.split())[:300]}"
+
+
+def read_yaml(path: Path) -> Any:
+    text = _read_text(path)
+    # safe_load's own loader, in C when libyaml is there: the same safe subset of YAML
+    # (no Python objects), a few times faster on configs with many machines.
+    loader = _SAFE_LOADER(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_shape(root)
+        return loader.construct_document(root)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # from a tag's constructor
+        problem = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"{path}: invalid YAML: {type(exc).__name__}: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def build_machines(machines: dict[str, MachineConfig]) -> dict[str, Machine]:
@@ -179,15 +323,17 @@ def build_machines(machines: dict[str, MachineConfig]) -> dict[str, Machine]:
         info = dict(mc.info)
         name = info.setdefault("name", key)
         if name != key:
-            raise ConfigError(f"machines.{key}.info.name: {name!r} differs from the key {key!r}")
+            raise ConfigError(
+                f"machines.{_key(key)}.info.name: {show(name)} differs from the key {show(key)}"
+            )
         variables = {}
         for vkey, vc in mc.variables.items():
             definition = vc.model_dump(exclude_none=True)
             definition.setdefault("name", vkey)
             if definition["name"] != vkey:
                 raise ConfigError(
-                    f"machines.{key}.variables.{vkey}.name: {definition['name']!r} "
-                    f"differs from the key {vkey!r}"
+                    f"machines.{_key(key)}.variables.{_key(vkey)}.name: {show(definition['name'])} "
+                    f"differs from the key {show(vkey)}"
                 )
             # the published definition keeps the configured key order, name first
             definition = {"name": vkey, **{k: v for k, v in definition.items() if k != "name"}}
@@ -196,14 +342,16 @@ def build_machines(machines: dict[str, MachineConfig]) -> dict[str, Machine]:
     for key, m in out.items():
         for var in m.variables.values():
             for i, src in enumerate(var.definition.get("srcVariables", [])):
-                where = f"machines.{key}.variables.{var.name}.srcVariables[{i}]"
+                where = f"machines.{_key(key)}.variables.{_key(var.name)}.srcVariables[{i}]"
                 ref = out.get(src["srcMachine"])
                 if ref is None:
-                    raise ConfigError(f"{where}.srcMachine: unknown machine {src['srcMachine']!r}")
+                    raise ConfigError(
+                        f"{where}.srcMachine: unknown machine {show(src['srcMachine'])}"
+                    )
                 if src["srcVariable"] not in ref.variables:
                     raise ConfigError(
-                        f"{where}.srcVariable: machine {ref.name!r} has no variable "
-                        f"{src['srcVariable']!r}"
+                        f"{where}.srcVariable: machine {show(ref.name)} has no variable "
+                        f"{show(src['srcVariable'])}"
                     )
     return out
 
@@ -216,13 +364,13 @@ def _typed_block(
     kind = block.get("type")
     if kind is None:
         raise ConfigError(f"{prefix}.type: required key is missing")
-    provided = kinds.get(kind)
+    provided = kinds.get(kind) if isinstance(kind, str) else None
     if provided is None:
         known = ", ".join(sorted(kinds)) or "none installed"
         hint = ""
         if registry.broken:
             hint = f"; plugins that failed to load: {', '.join(sorted(registry.broken))}"
-        raise ConfigError(f"{prefix}.type: unknown {what} type {kind!r} (known: {known}){hint}")
+        raise ConfigError(f"{prefix}.type: unknown {what} type {show(kind)} (known: {known}){hint}")
     return validate_block(provided.cls.Config, block, prefix), provided
 
 
@@ -238,8 +386,15 @@ def parse_config(raw: Any, path: Path, registry: Registry) -> Config:
     )
     sinks = {}
     for name, block in app.sinks.items():
-        cfg, provided = _typed_block(registry.sink_types, block, f"sinks.{name}", "sink", registry)
+        prefix = f"sinks.{_key(name)}"
+        cfg, provided = _typed_block(registry.sink_types, block, prefix, "sink", registry)
         sinks[name] = SinkSpec(name, cfg, provided)
+        if cfg.spool is not None:
+            log.warning(
+                "sinks.%s.spool is deprecated: write buffer: {type: disk, path: ...} instead "
+                "(on_full becomes when_full)",
+                name,
+            )
     return Config(
         path=path,
         host=app.host or socket.gethostname(),

@@ -52,6 +52,8 @@ def summary_line(snap: dict[str, Any]) -> str:
             f"{s['pending']} pending, {s['retried']} retried, {s['dead_lettered']} dead-lettered, "
             f"{s['dropped']} dropped"
         )
+        if s.get("throttled"):
+            line += f", {s['throttled']} throttled"
         if s.get("spool_depth") is not None:
             line += f", spool {s['spool_depth']}"
         parts.append(line)
@@ -291,6 +293,7 @@ _COUNTERS = {
     "dead_lettered": "Envelopes set aside as undeliverable",
     "dropped": "Envelopes dropped (spool full with on_full: drop_oldest)",
     "failed": "Envelopes lost to a sink error",
+    "throttled": "Requests or entries the destination refused for throttling",
 }
 
 

@@ -6,16 +6,20 @@ when the source says it is about to wait (``flush``).
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from .assembly import Assembler, InputError
 from .dispatch import Dispatcher
 from .envelope import Envelope
+from .show import json_text
+from .sources import SkippedLine
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +27,44 @@ BATCH = 500
 
 
 class Rejects:
-    """Bad input: one log line each, an optional JSON-lines dead-letter file, a count."""
+    """Bad input: one log line each, an optional JSON-lines dead-letter file, a count.
+
+    Each dead-letter entry holds what was rejected in full: the line (as text, or in
+    base64 when it is not UTF-8) or the decoded item, however deep; a line too long to
+    keep, its head, length and SHA-256."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.count = 0
-        self._fh = None
+        self._fh: BinaryIO | None = None
 
-    def add(self, where: str, reason: str, raw: bytes | None = None, item: Any = None) -> None:
+    def add(
+        self, where: str, reason: str, raw: bytes | SkippedLine | None = None, item: Any = None
+    ) -> None:
         self.count += 1
         log.error("%s: %s", where, reason)
         if self.path is None:
             return
-        if self._fh is None:
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the run
         entry: dict[str, Any] = {"where": where, "reason": reason}
-        if raw is not None:
-            entry["line"] = raw.decode("utf-8", "replace")
+        if isinstance(raw, SkippedLine):
+            entry["head"] = raw.head.decode("utf-8", "replace")
+            entry["length"] = raw.length
+            entry["sha256"] = raw.sha256
+        elif raw is not None:
+            try:
+                entry["line"] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                entry["line_base64"] = base64.b64encode(raw).decode()
         elif item is not None:
             entry["item"] = item
-        self._fh.write(orjson.dumps(entry, default=repr) + b"\n")
+        try:
+            data = orjson.dumps(entry, default=repr)
+        except TypeError:  # nested deeper than orjson writes
+            data = json_text(entry).encode()
+        if self._fh is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fh = open(fd, "ab")  # noqa: SIM115 - kept open for the run
+        self._fh.write(data + b"\n")
         self._fh.flush()
 
     def close(self) -> None:
@@ -89,7 +111,7 @@ class Pipeline:
         if out:
             self._add(out)
 
-    def reject(self, where: str, reason: str, raw: bytes | None = None) -> None:
+    def reject(self, where: str, reason: str, raw: bytes | SkippedLine | None = None) -> None:
         self.items += 1
         self.assembler.position = self.items
         self.rejects.add(where, reason, raw=raw)

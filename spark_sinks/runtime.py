@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .assembly import Assembler
@@ -39,10 +40,10 @@ def start_sink(
 ) -> ActiveSink:
     """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it.
 
-    A spooled sink whose check fails still starts, since its spool holds what it cannot
-    deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a running
-    process may own it, and a check must not deliver what it holds. ``context`` lets the
-    caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
+    A sink with a disk buffer whose check fails still starts, since its spool holds what
+    it cannot deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a
+    running process may own it, and a check must not deliver what it holds. ``context``
+    lets the caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
     cls = spec.provided.cls
     ctx = context or SinkContext(spec.name, host, spec.config.dead_letter)
     label = f"sink {spec.name!r} ({cls.type_name} from {spec.provided.plugin.distribution})"
@@ -50,13 +51,19 @@ def start_sink(
         sink = cls(spec.config, ctx)
     except Exception as exc:
         raise SinkError(f"{label} failed to initialise: {type(exc).__name__}: {exc}") from exc
-    if spec.config.spool is not None and not probe:
-        sink = SpooledSink(sink, Spool(spec.config.spool.path, spec.name, spec.config.spool))
-    active = ActiveSink(spec.name, sink, spec.provided.plugin, spec.config.flush_timeout)
-    active.call("open", sink.open)
+    buffer = spec.config.buffer
+    disk = buffer.type == "disk"
+    if disk and not probe:
+        spool = buffer.spool()
+        sink = SpooledSink(sink, Spool(spool.path, spec.name, spool))
+    active = ActiveSink(
+        spec.name, sink, spec.provided.plugin, spec.config.flush_timeout, direct=disk or probe
+    )
+    # open and check run where the sink's writes will run (its worker), like every call
+    active.inlet.run(lambda: active.call("open", sink.open))
     if check:
         try:
-            active.checked = str(active.call("check", sink.check) or "ok")
+            active.checked = str(active.inlet.run(lambda: active.call("check", sink.check)) or "ok")
         except SinkError as exc:
             if isinstance(sink, SpooledSink):
                 # A gateway that boots before its network must not refuse to run: the
@@ -71,16 +78,11 @@ def start_sink(
     return active
 
 
-def stop_sink(active: ActiveSink) -> None:
-    """Flush, then close; never raises (failures are logged and counted)."""
-    try:
-        active.call("flush", active.sink.flush, active.flush_timeout)
-    except SinkError as exc:
-        log.error("%s", exc)
-    try:
-        active.call("close", active.sink.close)
-    except SinkError as exc:
-        log.error("%s", exc)
+def stop_sink(active: ActiveSink) -> bool:
+    """Drain its buffer, flush, then close, within its ``flush_timeout``; never raises
+    (failures are logged and counted). False when the sink was abandoned in a call that
+    did not return in time."""
+    return active.inlet.begin_stop(active.flush_timeout)()
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Report:
     envelopes: int = 0
     rejected: int = 0
     incomplete_dropped: int = 0
-    sinks: dict[str, dict[str, object]] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_started: dict[str, str] = field(default_factory=dict)
     """Sinks that could not start (or were stopped while starting), with the reason."""
 
@@ -119,6 +121,8 @@ class Runtime:
         self.pipeline.between_batches = self._between_batches
         self.reporter = Reporter(config.operations, self.snapshot)
         self._finished: dict[str, dict[str, Any]] = {}
+        self.abandoned: list[str] = []
+        """Sinks left still busy in a call after their flush_timeout (see ``buffer.py``)."""
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
         self.stopped_by = ""
@@ -196,6 +200,7 @@ class Runtime:
                 self._busy = "the source to stop"
                 self.pipeline.emit(self.assembler.all_metadata())
                 source.run(self.pipeline, self.stop)
+                self.pipeline.emit(self.assembler.finish())
         finally:
             self.pipeline.flush()
             self.shutdown()
@@ -219,8 +224,9 @@ class Runtime:
             a.sink.context.stopping.set()
 
     def flush_bound(self) -> float:
-        """Seconds the final flushes may take in all (they run one sink after another)."""
-        return sum(a.flush_timeout for a in self.dispatcher.sinks)
+        """Seconds the final flushes may take (every sink drains at once, each within its
+        own flush_timeout)."""
+        return max((a.flush_timeout for a in self.dispatcher.sinks), default=0.0)
 
     def busy_with(self) -> str:
         return self._busy
@@ -240,8 +246,11 @@ class Runtime:
         return report
 
     def shutdown(self) -> None:
-        for a in self.dispatcher.sinks:
-            self._retire(a)
+        # every sink drains at once; each within its own flush_timeout
+        self._busy = "the sinks to flush and close"
+        stopping = [(a, a.inlet.begin_stop(a.flush_timeout)) for a in self.dispatcher.sinks]
+        for a, wait in stopping:
+            self._finish(a, wait())
         self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
@@ -257,7 +266,11 @@ class Runtime:
     def _retire(self, a: ActiveSink) -> None:
         """Flush and close a sink, keeping its final counters for the report."""
         self._busy = f"sink {a.name!r} to flush and close"
-        stop_sink(a)
+        self._finish(a, stop_sink(a))
+
+    def _finish(self, a: ActiveSink, stopped: bool) -> None:
+        if not stopped:
+            self.abandoned.append(a.name)
         self.dispatcher.remove(a.name)
         snap = a.stats.snapshot()
         prev = self._finished.get(a.name)
@@ -315,6 +328,12 @@ class Runtime:
 
     # -- live reconfiguration ----------------------------------------------------------------
 
+    def _machines_retired(self, names: list[str]) -> None:
+        """Tell the sinks that kept running which machines stopped publishing: on each
+        sink's worker, after what was written before the reload (nobody waits for it)."""
+        for a in self.dispatcher.sinks:
+            a.inlet.post(partial(a.call, "machines_retired", a.sink.machines_retired, names))
+
     def _between_batches(self) -> None:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
@@ -327,6 +346,14 @@ class Runtime:
             new = load_config(old.path, self.registry or load_registry())
         except ConfigError as exc:
             log.error("reload rejected, the running configuration stays: %s", exc)
+            return False
+        except Exception as exc:  # a bug must not end a daemon that runs fine
+            log.error(
+                "reload rejected, the running configuration stays: internal error: %s: %s",
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            log.debug("traceback", exc_info=True)
             return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
@@ -350,13 +377,14 @@ class Runtime:
                 del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
-        host_changed = new.host != self.assembler.host
-        self.assembler.host = new.host
-        changed = self.assembler.reconfigure(new.machines)
-        if host_changed:
-            changed = self.assembler.all_metadata()
-        # metadata of changed machines to the sinks that kept running ...
+        was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
+        # open cycles of changed machines, then metadata of changed machines (of all with a
+        # new host) to the sinks that kept running ...
+        changed = self.assembler.reconfigure(new.machines, new.host)
+        retired = sorted(was_publishing - {n for n, m in new.machines.items() if m.publishing})
         self.pipeline.emit(changed)
+        if retired:
+            self._machines_retired(retired)
         # ... and all metadata to the sinks that start now
         for name, spec in new.sinks.items():
             if not spec.config.enabled or name in {a.name for a in self.dispatcher.sinks}:
@@ -375,7 +403,7 @@ class Runtime:
             meta = self.assembler.all_metadata()
             single = Dispatcher()
             single.add(active)
-            single.dispatch(meta)
+            single.dispatch(meta)  # through its own buffer, ahead of anything else
             self.dispatcher.add(active)
         log.info(
             "reload applied: %d machines, sinks running: %s",

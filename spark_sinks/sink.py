@@ -5,10 +5,12 @@ Lifecycle, always in this order for one sink instance::
     open() -> check() -> write()* -> flush() -> close()
 
 ``check`` runs at every start (and for ``spark-sinks check``); ``write`` is
-called from one thread at a time only; ``flush`` may also be called between
-writes; ``close`` comes once, after the last ``write`` and a final ``flush``,
-also when ``check`` failed. ``context.shutdown`` is set when the run is
-ending and ``context.stopping`` when waiting must end now.
+called from one thread only, the sink's own worker (``buffer.py``), which
+makes the other calls too (with a disk buffer: ``write`` from the spool's
+thread, the others from the main thread; never two at once); ``flush`` may
+also be called between writes; ``close`` comes once, after the last ``write``
+and a final ``flush``, also when ``check`` failed. ``context.shutdown`` is set
+when the run is ending and ``context.stopping`` when waiting must end now.
 """
 
 from __future__ import annotations
@@ -20,24 +22,81 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .envelope import Envelope
 
+MiB = 1024 * 1024
+
+WhenFull = Literal["block", "drop_newest", "drop_oldest"]
+MEMORY_BYTES = 8 * MiB
+DISK_BYTES = 256 * MiB
+
+
+class BufferConfig(BaseModel):
+    """A sink's ``buffer:`` block: what holds envelopes between the source and the sink.
+
+    ``type: memory`` (default): a bounded queue in front of the sink's own worker thread
+    (``buffer.py``); lost if the process dies. ``type: disk``: the durable SQLite spool
+    (``spool.py``) in ``path``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["memory", "disk"] = "memory"
+    max_bytes: int | None = Field(None, ge=1024)
+    """Bound on the envelope JSON held (default 8 MiB in memory, 256 MiB on disk)."""
+    when_full: WhenFull = "block"
+    """``block`` the source (default), or drop the newest or the oldest waiting envelopes,
+    counted and logged as DROPPED (``drop_newest`` only in memory)."""
+    path: Path | None = None
+    """disk: directory for the spool file (created if missing)."""
+    sync: Literal["full", "normal"] = "full"
+    """disk: ``full`` survives power loss; ``normal`` only a process crash, but is faster."""
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> BufferConfig:
+        if self.type == "disk":
+            if self.path is None:
+                raise ValueError("path is required with type: disk")
+            if self.when_full == "drop_newest":
+                raise ValueError(
+                    "when_full: drop_newest needs type: memory (disk: block, drop_oldest)"
+                )
+        else:
+            only_disk = sorted({"path", "sync"} & self.model_fields_set)
+            if only_disk:
+                verb = "needs" if len(only_disk) == 1 else "need"
+                raise ValueError(f"{' and '.join(only_disk)} {verb} type: disk")
+        return self
+
+    @property
+    def limit(self) -> int:
+        """``max_bytes``, or the default of the type."""
+        if self.max_bytes is not None:
+            return self.max_bytes
+        return DISK_BYTES if self.type == "disk" else MEMORY_BYTES
+
+    def spool(self) -> SpoolConfig:
+        """A disk buffer's settings as the spool reads them."""
+        assert self.path is not None, "a disk buffer has a path (validated)"
+        on_full = "drop_oldest" if self.when_full == "drop_oldest" else "block"
+        return SpoolConfig(path=self.path, max_bytes=self.limit, on_full=on_full, sync=self.sync)
+
 
 class SpoolConfig(BaseModel):
-    """A sink's ``spool:`` block (the spool itself is ``spool.py``); any sink may have one."""
+    """The deprecated ``spool:`` block: the same as ``buffer: {type: disk}``, with
+    ``on_full`` for ``when_full``. The spool (``spool.py``) reads its settings in this form."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path
-    """Directory for the spool file (created if missing)."""
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    """Bound on spooled envelope bytes (default 256 MiB)."""
+    max_bytes: int = Field(DISK_BYTES, ge=1024)
     on_full: Literal["block", "drop_oldest"] = "block"
-    """``block`` the source (default) or drop the oldest not-yet-sent envelopes, counted."""
     sync: Literal["full", "normal"] = "full"
-    """``full`` survives power loss; ``normal`` only a process crash, but writes faster."""
+
+    def as_buffer(self) -> BufferConfig:
+        fields = self.model_dump(exclude={"on_full"}, exclude_unset=True)
+        return BufferConfig(type="disk", when_full=self.on_full, **fields)
 
 
 class SinkConfig(BaseModel):
@@ -50,9 +109,22 @@ class SinkConfig(BaseModel):
     dead_letter: Path | None = None
     """JSON-lines file for envelopes this sink can never deliver (with the reason)."""
     flush_timeout: float = Field(30.0, gt=0)
-    """Seconds a flush (e.g. at shutdown) may take before what is left is reported."""
+    """Seconds a flush (e.g. at shutdown) may take, draining the buffer included, before
+    what is left is reported."""
+    buffer: BufferConfig = BufferConfig()
+    """The buffer between the source and the sink's worker: memory (default) or disk."""
     spool: SpoolConfig | None = None
-    """Keep envelopes on disk until delivered (see ``spool.py``); off by default."""
+    """Deprecated alias of ``buffer: {type: disk, ...}`` (the loader warns)."""
+
+    @model_validator(mode="after")
+    def _spool_is_a_disk_buffer(self) -> SinkConfig:
+        if self.spool is None:
+            return self
+        if "buffer" in self.model_fields_set:
+            raise ValueError("give buffer or spool (its deprecated alias), not both")
+        # frozen model: set the derived field once, while validating
+        object.__setattr__(self, "buffer", self.spool.as_buffer())
+        return self
 
 
 class SinkStats:
@@ -63,7 +135,15 @@ class SinkStats:
     ``dropped`` or ``failed``, or is still ``pending``.
     """
 
-    FIELDS = ("accepted", "delivered", "retried", "dead_lettered", "dropped", "failed")
+    FIELDS = (
+        "accepted",
+        "delivered",
+        "retried",
+        "dead_lettered",
+        "dropped",
+        "failed",
+        "throttled",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,6 +153,9 @@ class SinkStats:
         self.dead_lettered = 0
         self.dropped = 0
         self.failed = 0
+        self.throttled = 0
+        """Requests or entries the destination refused for throttling (informational,
+        like ``retried``: outside the accepted = delivered + ... identity)."""
         self.last_error: str | None = None
 
     def add(self, field: str, n: int = 1) -> None:
@@ -171,6 +254,7 @@ class SinkContext:
 class Sink:
     """Base class for sinks. Subclass it, set ``type_name`` and ``Config``.
 
+    A slow ``write`` holds up only this sink's own worker, never another sink.
     Set ``buffered = True`` when ``write`` only queues envelopes and delivery
     happens later; the sink then reports every outcome itself:
     ``context.delivered(envelopes)``, ``context.dead_letter(envelope, reason)``,
@@ -214,6 +298,12 @@ class Sink:
 
     def flush(self, timeout: float | None = None) -> None:
         """Deliver everything written so far, waiting at most ``timeout`` seconds."""
+
+    def machines_retired(self, machines: Sequence[str]) -> None:
+        """Optional: after a configuration reload, these machines stopped publishing
+        (disabled, ``publishDisabled`` or removed). Called between writes, from the thread
+        that writes, after everything written before the reload. A sink that keeps
+        per-machine state at its destination (a Sparkplug device's birth) ends it here."""
 
     def close(self) -> None:
         """Release resources. Called once, after the final ``flush``."""

@@ -208,6 +208,10 @@ class SpooledSink(Sink):
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.inner.flush(left)
 
+    def machines_retired(self, machines: Sequence[str]) -> None:
+        """Passed on at once: envelopes still in the spool reach the sink after it."""
+        self.inner.machines_retired(machines)
+
     def close(self) -> None:
         with self._cond:
             self._closing = True

@@ -57,8 +57,8 @@ def test_bad_lines_are_reported_and_everything_else_goes_through(tmp_path):
     records = [e for e in envelopes(result.stdout) if e["type"] == "record"]
     assert [r["data"]["machine"] for r in records] == ["press-1", "press-2"]
     assert "stdin line 2: invalid JSON" in err
-    assert "stdin line 3: unknown machine 'ghost'" in err
-    assert "stdin line 4: press-1.count: 'three' is not a valid int32" in err
+    assert 'stdin line 3: unknown machine "ghost"' in err
+    assert 'stdin line 4: press-1.count: "three" is not a valid int32' in err
     assert "Traceback" not in err
     dead = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert [d["where"] for d in dead] == ["stdin line 2", "stdin line 3", "stdin line 4"]
@@ -84,7 +84,7 @@ def test_missing_input_file_is_one_clear_line(tmp_path):
     result = run_cli("run", "-c", str(cfg))
     err = result.stderr.decode()
     assert result.returncode == 2
-    assert "source.path: input file 'nope.ndjson' does not exist" in err
+    assert 'source.path: input file "nope.ndjson" does not exist' in err
     assert "Traceback" not in err
 
 

@@ -42,13 +42,13 @@ def test_wrong_type_names_its_path(tmp_path, registry):
 
 def test_unknown_sink_type_lists_the_known_ones(tmp_path, registry):
     msg = error_of(tmp_path, registry, sinks={"out": {"type": "carrier-pigeon"}})
-    assert "sinks.out.type: unknown sink type 'carrier-pigeon' (known: " in msg
+    assert 'sinks.out.type: unknown sink type "carrier-pigeon" (known: ' in msg
     assert "stdout" in msg
 
 
 def test_unknown_format_and_bad_reference_name_the_machine(tmp_path, registry):
     bad = {"m": {"variables": {"v": {"format": "float128"}}}}
-    assert "machines.m.variables.v.format: 'float128' is not a Spark format" in error_of(
+    assert 'machines.m.variables.v.format: "float128" is not a Spark format' in error_of(
         tmp_path, registry, machines=bad
     )
     bad = {
@@ -61,7 +61,7 @@ def test_unknown_format_and_bad_reference_name_the_machine(tmp_path, registry):
             }
         }
     }
-    assert "machines.m.variables.v.srcVariables[0].srcMachine: unknown machine 'ghost'" in (
+    assert 'machines.m.variables.v.srcVariables[0].srcMachine: unknown machine "ghost"' in (
         error_of(tmp_path, registry, machines=bad)
     )
 

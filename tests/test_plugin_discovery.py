@@ -76,7 +76,7 @@ def test_without_the_plugin_installed_its_sink_type_is_unknown(tmp_path):
     config.write_text(CONFIG.replace("PATH", str(tmp_path / "out")))
     result = spark_sinks(environ(), "run", "-c", str(config))
     assert result.returncode == 2
-    assert "source.type: unknown source type 'counter'" in result.stderr
+    assert 'source.type: unknown source type "counter"' in result.stderr
 
 
 @pytest.mark.parametrize("pin", ["probe", "spark-sinks-probe"])

@@ -149,7 +149,7 @@ def test_the_hinted_load_plugins_value_starts_cleanly(broken_env, tmp_path):
 def test_a_sink_type_from_a_broken_plugin_names_the_broken_plugins(broken_env, tmp_path):
     result = spark_sinks(broken_env, "run", "-c", write_config(tmp_path, "  f: {type: frob}\n"))
     assert result.returncode == 2
-    assert "sinks.f.type: unknown sink type 'frob'" in result.stderr
+    assert 'sinks.f.type: unknown sink type "frob"' in result.stderr
     assert "plugins that failed to load: broken-hook, broken-import" in result.stderr
 
 

@@ -7,6 +7,7 @@ same hook as a third party's would be.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -23,6 +24,17 @@ class SourceConfig(BaseModel):
     """JSON-lines file that receives every rejected input item with the reason."""
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedLine:
+    """A line too long to keep, summarised as it streamed past (for the dead-letter file)."""
+
+    head: bytes
+    """Its first bytes."""
+    length: int
+    sha256: str
+    """Hex digest of the whole line, to match it against the original input."""
+
+
 class Feed(Protocol):
     """What a source pushes into; implemented by ``pipeline.Pipeline``."""
 
@@ -33,7 +45,8 @@ class Feed(Protocol):
 
     def point(self, machine: str, variable: str, value: Any, time: Any = None) -> None: ...
 
-    def reject(self, where: str, reason: str, raw: bytes | None = None) -> None: ...
+    def reject(self, where: str, reason: str, raw: bytes | SkippedLine | None = None) -> None:
+        """An input item that is unusable before decoding; ``raw`` is the line as read."""
 
     def flush(self) -> None:
         """Hand what is assembled to the sinks; call it before the source waits."""

@@ -2,31 +2,87 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import threading
 from typing import Literal
 
 import orjson
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
-from . import Feed, Source, SourceConfig
+from ..show import show
+from . import Feed, SkippedLine, Source, SourceConfig
 
 _CHUNK = 1 << 16
+_HEAD = 1024
+"""Bytes of an over-long line kept for the dead-letter file."""
+
+MAX_LINE_BYTES = 2 << 20
+"""Kinesis takes records of up to 1 MiB, and a record's values appear in its envelope as
+they were written in its line: a longer line could only fit with much whitespace. 2 MiB
+leaves that margin and still bounds what one line costs in memory."""
 
 
 class NdjsonConfig(SourceConfig):
     type: Literal["ndjson"] = "ndjson"
     path: str = "-"
     """A file, or ``-`` for standard input."""
+    max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
+    """A longer line is skipped as it streams past (never held whole) and rejected."""
 
     @field_validator("path")
     @classmethod
     def _readable(cls, v: str) -> str:
         if v != "-" and not os.access(v, os.R_OK):
             why = "does not exist" if not os.path.exists(v) else "is not readable"
-            raise ValueError(f"input file {v!r} {why}")
+            raise ValueError(f"input file {show(v)} {why}")
         return v
+
+
+class _Partial:
+    """The start of a line that spans reads. Kept while within the limit; beyond it only
+    counted and hashed as it streams past, so a line of any length costs bounded memory.
+    Joined once when it ends, so reading stays linear in the line's length."""
+
+    __slots__ = ("digest", "head", "limit", "parts", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.head = b""
+        self.digest: hashlib._Hash | None = None
+
+    @property
+    def skipping(self) -> bool:
+        return self.digest is not None
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        elif self.size > self.limit:
+            self.parts.append(data)
+            kept = b"".join(self.parts)
+            self.head = kept[:_HEAD]
+            self.digest = hashlib.sha256(kept)
+            self.parts = []
+        elif data:
+            self.parts.append(data)
+
+    def take(self, end: bytes) -> bytes | SkippedLine:
+        """The whole line, ending with ``end``; or its summary if it was too long."""
+        if not self.size and len(end) <= self.limit:
+            return end  # the usual case: the line began in this read
+        self.add(end)
+        line: bytes | SkippedLine
+        if self.digest is not None:
+            line = SkippedLine(self.head, self.size, self.digest.hexdigest())
+        else:
+            line = b"".join(self.parts)
+        self.parts, self.size, self.head, self.digest = [], 0, b"", None
+        return line
 
 
 class NdjsonSource(Source):
@@ -54,19 +110,36 @@ class NdjsonSource(Source):
     def _read(self, fd: int, label: str, feed: Feed, stop: threading.Event) -> None:
         # select() with a timeout lets a signal-set ``stop`` end a blocked read cleanly,
         # and tells us when the writer pauses so that assembled records go out at once.
+        limit = self.config.max_line_bytes
+        # A line between two newlines of one read is shorter than the read, so within the
+        # limit: only the line continued from earlier reads needs checking.
+        size = min(_CHUNK, limit + 1)
         loads = orjson.loads
         lineno = 0
-        rest = b""
+        partial = _Partial(limit)
         while not stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.25)
             if not ready:
                 feed.flush()
                 continue
-            chunk = os.read(fd, _CHUNK)
+            chunk = os.read(fd, size)
             if not chunk:
                 break
-            lines = (rest + chunk).split(b"\n")
+            lines = chunk.split(b"\n")
+            if len(lines) == 1:  # no line ends in this read
+                partial.add(chunk)
+                if partial.skipping:
+                    feed.flush()  # what came before the long line goes out meanwhile
+                continue
             rest = lines.pop()
+            first = partial.take(lines[0])
+            if isinstance(first, SkippedLine):
+                lineno += 1
+                _too_long(feed, f"{label} line {lineno}", first, limit)
+                del lines[0]
+            else:
+                lines[0] = first
+            partial.add(rest)
             for line in lines:
                 lineno += 1
                 if not line.strip():
@@ -79,12 +152,24 @@ class NdjsonSource(Source):
                 feed.item(obj, label, lineno)
             if not select.select([fd], [], [], 0)[0]:
                 feed.flush()
-        if rest.strip() and not stop.is_set():
+        if partial.size and not stop.is_set():
             lineno += 1
-            try:
-                obj = loads(rest)
-            except orjson.JSONDecodeError as exc:
-                feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", rest)
-            else:
-                feed.item(obj, label, lineno)
+            last = partial.take(b"")
+            if isinstance(last, SkippedLine):
+                _too_long(feed, f"{label} line {lineno}", last, limit)
+            elif last.strip():
+                try:
+                    obj = loads(last)
+                except orjson.JSONDecodeError as exc:
+                    feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", last)
+                else:
+                    feed.item(obj, label, lineno)
         feed.flush()
+
+
+def _too_long(feed: Feed, where: str, line: SkippedLine, limit: int) -> None:
+    feed.reject(
+        where,
+        f"line of {line.length:,} bytes is longer than source.max_line_bytes ({limit:,}); skipped",
+        line,
+    )

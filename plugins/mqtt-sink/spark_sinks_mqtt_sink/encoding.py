@@ -116,6 +116,16 @@ class EdgeNode:
             raise EncodeError(f"cannot encode as Sparkplug B: {_why(exc)}") from None
         return []
 
+    def retire(self, device: str) -> list[Message]:
+        """The machine stopped publishing: its DDEATH if it was born in this session; it is
+        forgotten, so later births leave it out (a record of it would birth it again)."""
+        self.defs.pop(device, None)
+        if device not in self.born:
+            return []
+        self.born.discard(device)
+        payload = codec.ddeath(self._seq.take())
+        return [Message(self.topic(codec.DDEATH, device), payload, self.qos)]
+
     def _metadata(self, device: str, data: dict[str, Any]) -> list[Message]:
         new = {d.name: d for d in codec.metric_defs(data["variables"])}
         if device in self.born and self.defs.get(device) == new:

@@ -81,6 +81,12 @@ class _Command(NamedTuple):
 _Event = _Connack | _Lost | _Command
 
 
+class _Retire(NamedTuple):
+    """In the queue among envelopes: a machine stopped publishing (its DDEATH goes here)."""
+
+    machine: str
+
+
 @dataclass(eq=False)
 class _Connection:
     gen: int
@@ -102,7 +108,7 @@ class MqttSink(Sink):
         """Owns everything below up to ``_events``: queue, in-flight, connection, encoders."""
         self._space = threading.Condition(self._lock)
         """Notified when envelopes are settled (room for writes, progress for flush)."""
-        self._queue: deque[Envelope] = deque()
+        self._queue: deque[Envelope | _Retire] = deque()
         self._inflight: dict[int, Envelope] = {}
         """mid -> envelope published on the current connection, in publish order."""
         self._held = 0
@@ -187,6 +193,18 @@ class MqttSink(Sink):
             self.log.warning("%s: %d envelopes not yet acknowledged by the broker (%s)",
                              why, left, state)  # fmt: skip
 
+    def machines_retired(self, machines: Sequence[str]) -> None:
+        """Sparkplug: a DDEATH for each machine born in this session, in order after what
+        was written before; the machine is left out of later births."""
+        if self._edge is None:
+            return
+        with self._lock:
+            for name in machines:
+                if self._ready and not self._queue:
+                    self._publish(_Retire(name), [], [])
+                else:
+                    self._queue.append(_Retire(name))
+
     def close(self) -> None:
         self._closing.set()
         if self._control is not None:
@@ -204,11 +222,18 @@ class MqttSink(Sink):
         return self._json.encode(env)
 
     def _publish(
-        self, env: Envelope, dead: list[tuple[Envelope, str]], skipped: list[Envelope]
+        self, env: Envelope | _Retire, dead: list[tuple[Envelope, str]], skipped: list[Envelope]
     ) -> None:
         """Publish one envelope on the current connection (lock held)."""
         conn = self._conn
         assert conn is not None
+        if isinstance(env, _Retire):
+            # not tracked: if the connection is lost before it arrives, the next session's
+            # births leave the machine out, which tells a host application the same
+            assert self._edge is not None
+            for m in self._edge.retire(env.machine):
+                conn.client.publish(m.topic, m.payload, m.qos, m.retain)
+            return
         try:
             messages = self._messages(env)
         except EncodeError as exc:

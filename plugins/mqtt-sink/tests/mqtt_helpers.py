@@ -116,9 +116,13 @@ def seq_numbers(payloads: list[bytes]) -> list[int]:
     return out
 
 
-def settled(client: Client, quiet: float = 0.3, limit: float = 10.0) -> list[Received]:
-    """What ``client`` received once nothing more has arrived for ``quiet`` seconds."""
+def settled(
+    client: Client, quiet: float = 0.3, limit: float = 30.0, at_least: int = 0
+) -> list[Received]:
+    """What ``client`` received: at least ``at_least`` messages (or all there are after
+    ``limit`` seconds), then until nothing more arrives for ``quiet`` seconds."""
     deadline = time.monotonic() + limit
+    client.wait_for(at_least, limit)
     seen = -1
     while time.monotonic() < deadline:
         got = client.messages

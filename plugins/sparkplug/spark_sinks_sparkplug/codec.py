@@ -243,7 +243,10 @@ def set_value(metric: Any, datatype: int, value: Any, json_text: bool = False) -
         metric.is_null = True
         return
     if json_text:
-        metric.string_value = orjson.dumps(value).decode()
+        try:
+            metric.string_value = orjson.dumps(value).decode()
+        except TypeError as exc:  # orjson.JSONEncodeError: an integer beyond 64 bits, ...
+            raise SparkplugError(f"the value cannot be written as JSON: {exc}") from None
     elif datatype in _INT_BITS:
         v = _int_in_range(value, datatype)
         if datatype in _LONG:
