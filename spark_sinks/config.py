@@ -17,9 +17,10 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from . import logs
 from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
 from .metrics import OperationsConfig
@@ -371,7 +372,28 @@ def _typed_block(
         if registry.broken:
             hint = f"; plugins that failed to load: {', '.join(sorted(registry.broken))}"
         raise ConfigError(f"{prefix}.type: unknown {what} type {show(kind)} (known: {known}){hint}")
-    return validate_block(provided.cls.Config, block, prefix), provided
+    model = validate_block(provided.cls.Config, block, prefix)
+    guard_secrets(model, prefix)
+    return model, provided
+
+
+def guard_secrets(model: BaseModel, prefix: str) -> None:
+    """Register every ``SecretStr`` for redaction, and refuse one with surrounding
+    whitespace or control characters (a pasted newline breaks a signature, and the
+    error would print the value): the message names the key, never the value."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        where = f"{prefix}.{name}"
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            logs.add_secret(secret)
+            if secret != secret.strip() or any(c < " " or c == "\x7f" for c in secret):
+                raise ConfigError(
+                    f"{where}: has surrounding whitespace or a control character "
+                    "(the value is not shown)"
+                )
+        elif isinstance(value, BaseModel):
+            guard_secrets(value, where)
 
 
 def parse_config(raw: Any, path: Path, registry: Registry) -> Config:

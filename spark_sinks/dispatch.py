@@ -70,17 +70,22 @@ class ActiveSink:
     def write(self, envelopes: list[Envelope]) -> None:
         """Hand one batch to the sink and count the outcome: an unbuffered sink's batch is
         delivered when ``write`` returns, failed when it raises (counted ``accepted``
-        already, by the inlet)."""
+        already, by the inlet), except the envelopes it dead-lettered meanwhile; then
+        retry dead letters whose file could not be written."""
         sink = self.sink
+        ctx = sink.context
         n = len(envelopes)
+        ctx.watch_aside()
         try:
             sink.write(envelopes)
         except Exception as exc:
-            sink.context.stats.add("failed", n)
+            ctx.stats.add("failed", _kept(envelopes, ctx.set_aside()))
             self._report(exc, n)
         else:
+            kept = _kept(envelopes, ctx.set_aside())
             if not sink.buffered:
-                sink.context.stats.add("delivered", n)
+                ctx.stats.add("delivered", kept)
+        ctx.retry_dead_letters()
 
     def flush(self, timeout: float | None) -> bool:
         """The sink's ``flush``; False (logged, counted) when it raised."""
@@ -144,3 +149,10 @@ class Dispatcher:
         batch = Batch(envelopes, len(order), self._compact)
         for a in order:
             a.inlet.put(batch)
+
+
+def _kept(envelopes: list[Envelope], aside: set[int]) -> int:
+    """How many of a batch the sink did not set aside (dead letters count on their own)."""
+    if not aside:
+        return len(envelopes)
+    return sum(1 for e in envelopes if id(e) not in aside)

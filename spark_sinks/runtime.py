@@ -11,16 +11,18 @@ import os
 import threading
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+from . import files
 from .assembly import Assembler
 from .config import Config, SinkSpec, load_config
 from .dispatch import ActiveSink, Dispatcher
-from .errors import ConfigError, SinkError
+from .errors import ConfigError, SinkError, SparkSinksError
 from .metrics import Reporter
 from .pipeline import Pipeline, Rejects
 from .plugins import Registry, load_registry
-from .sink import SinkContext, SinkStats
+from .sink import SinkContext, SinkStats, add_up, identity_holds, lost_anything
 from .spool import Spool, SpooledSink
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,30 @@ EXIT_OK = 0
 EXIT_UNDELIVERED = 1
 EXIT_CONFIG = 2
 EXIT_REJECTED_INPUT = 3
+
+
+def path_problems(config: Config) -> list[str]:
+    """Data files the config names that could not be written, one line each naming the
+    config key. Checked before a run starts, by ``spark-sinks check`` and on reload."""
+    problems = []
+    if config.source.dead_letter is not None:
+        why = files.path_problem(config.source.dead_letter)
+        if why:
+            problems.append(f"source.dead_letter: {why}")
+    for spec in config.sinks.values():
+        if not spec.config.enabled:
+            continue
+        if spec.config.dead_letter is not None:
+            why = files.path_problem(spec.config.dead_letter)
+            if why:
+                problems.append(f"sinks.{spec.name}.dead_letter: {why}")
+        buffer = spec.config.buffer
+        if buffer.type == "disk" and buffer.path is not None:
+            why = files.dir_problem(buffer.path)
+            if why:
+                key = "spool" if spec.config.spool is not None else "buffer"
+                problems.append(f"sinks.{spec.name}.{key}.path: {why}")
+    return problems
 
 
 def start_sink(
@@ -59,6 +85,8 @@ def start_sink(
     active = ActiveSink(
         spec.name, sink, spec.provided.plugin, spec.config.flush_timeout, direct=disk or probe
     )
+    if isinstance(sink, SpooledSink):
+        sink.open_spool()  # a spool in use or unreadable stops the run (SpoolError)
     # open and check run where the sink's writes will run (its worker), like every call
     active.inlet.run(lambda: active.call("open", sink.open))
     if check:
@@ -96,12 +124,9 @@ class Report:
     """Sinks that could not start (or were stopped while starting), with the reason."""
 
     @property
-    def undelivered(self) -> dict[str, int]:
-        return {k: int(v["accepted"]) - int(v["delivered"]) for k, v in self.sinks.items()}
-
-    @property
     def exit_code(self) -> int:
-        if any(self.undelivered.values()):
+        """0 only when nothing accepted in this run, or left by an earlier one, was lost."""
+        if any(lost_anything(s) for s in self.sinks.values()):
             return EXIT_UNDELIVERED
         if self.rejected:
             return EXIT_REJECTED_INPUT
@@ -120,11 +145,17 @@ class Runtime:
         self.pipeline = Pipeline(self.assembler, self.dispatcher, self.rejects)
         self.pipeline.between_batches = self._between_batches
         self.reporter = Reporter(config.operations, self.snapshot)
+        self._lock = threading.Lock()
+        """Guards ``_finished``, ``_start_failures`` and ``_handover``: ``reload`` (source
+        thread) changes them while the reporter thread takes snapshots."""
         self._finished: dict[str, dict[str, Any]] = {}
+        """Final counters of sink instances already stopped, by sink name (added up)."""
         self.abandoned: list[str] = []
         """Sinks left still busy in a call after their flush_timeout (see ``buffer.py``)."""
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
+        self._handover: dict[str, tuple[Path, int]] = {}
+        """Spool file and envelopes a stopped instance left in it, for its successor."""
         self.stopped_by = ""
         """The signal that stopped the run, for messages."""
         self._starting: tuple[str, SinkContext] | None = None
@@ -135,24 +166,34 @@ class Runtime:
     def start(self) -> None:
         """Start every enabled sink. One that cannot start is reported and the others run
         (its envelopes count as not delivered); only when none can start is it fatal."""
+        problems = path_problems(self.config)
+        if problems:
+            raise ConfigError(f"{self.config.path}: {'; '.join(problems)}")
         # the metrics port and the status file first: a fault there is exit 2 before any
         # sink is opened or any data accepted
         self.reporter.open(str(self.config.path))
         enabled = [spec for spec in self.config.sinks.values() if spec.config.enabled]
         for spec in enabled:
             if self.stop.is_set():
-                self._start_failures[spec.name] = (f"stopped by {self.stopped_by}", 0)
+                with self._lock:
+                    self._start_failures[spec.name] = (f"stopped by {self.stopped_by}", 0)
                 continue
             try:
                 self.dispatcher.add(self._start(spec, self.config.host))
             except SinkError as exc:
                 if self.stop.is_set():
                     why = f"stopped by {self.stopped_by} during its start-up ({exc})"
-                    self._start_failures[spec.name] = (why, 0)
+                    with self._lock:
+                        self._start_failures[spec.name] = (why, 0)
                     continue
                 if len(enabled) > 1:
                     log.error("%s; running without it (SIGHUP retries)", exc)
-                self._start_failures[spec.name] = (str(exc), 0)
+                with self._lock:
+                    self._start_failures[spec.name] = (str(exc), 0)
+            except SparkSinksError:  # e.g. a spool in use: refuse to start at all
+                for a in self.dispatcher.sinks:
+                    self._retire(a)
+                raise
         if self.stop.is_set():
             return
         if enabled and not self.dispatcher.sinks:
@@ -237,7 +278,8 @@ class Runtime:
         starting = self._starting
         if starting is not None:
             why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
-            self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
+            with self._lock:
+                self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
         if self.config.operations.status_file:
             self._final_report()
         report = self.report()
@@ -269,27 +311,56 @@ class Runtime:
         self._finish(a, stop_sink(a))
 
     def _finish(self, a: ActiveSink, stopped: bool) -> None:
-        if not stopped:
-            self.abandoned.append(a.name)
-        self.dispatcher.remove(a.name)
+        """Keep a stopped sink's final counters for the report (added up over reloads)."""
         snap = a.stats.snapshot()
-        prev = self._finished.get(a.name)
-        if prev is not None:  # the same name ran before a reload: add the runs up
-            for k in (*SinkStats.FIELDS, "pending"):
-                snap[k] += prev[k]
-        self._finished[a.name] = snap
+        spool = getattr(a.sink, "spool", None)
+        with self._lock:
+            if not stopped:
+                self.abandoned.append(a.name)
+            self.dispatcher.remove(a.name)
+            prev = self._finished.get(a.name)
+            # the same name ran before a reload: add the runs up
+            self._finished[a.name] = snap if prev is None else add_up(prev, snap)
+            if isinstance(spool, Spool) and spool.left:
+                self._handover[a.name] = (spool.file, spool.left)
+
+    def _adopt(self, active: ActiveSink) -> None:
+        """A sink that replays what its predecessor in this run left in the same spool
+        file: those envelopes were accepted (and are still pending) there, so they move
+        over instead of being counted twice."""
+        spool = getattr(active.sink, "spool", None)
+        with self._lock:
+            left = self._handover.pop(active.name, None)
+            prev = self._finished.get(active.name)
+            if left is None or prev is None or not isinstance(spool, Spool):
+                return
+            file, n = left
+            if file != spool.file:
+                return
+            moved = min(n, spool.replayed, prev["pending"])
+            prev["accepted"] -= moved
+            prev["pending"] -= moved
+            # they were counted as accepted or replayed by the predecessor already
+            active.stats.unreplay(moved)
 
     # -- status ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        sinks = {k: dict(v) for k, v in self._finished.items()}
-        for a in self.dispatcher.sinks:
-            snap = a.stats.snapshot()
+        with self._lock:
+            running = self.dispatcher.sinks
+            sinks = {k: {**v, "spool_depth": None} for k, v in self._finished.items()}
+            live = {a.name: a.stats.snapshot() for a in running}
+            for name in self._start_failures:
+                sinks[name] = {**self._missed(name), "spool_depth": None}
+        for a in running:
+            snap = live[a.name]
             spool = getattr(a.sink, "spool", None)
-            snap["spool_depth"] = spool.count() if spool is not None else None
-            sinks[a.name] = snap
-        for name in self._start_failures:
-            sinks[name] = {**self._missed(name), "spool_depth": None}
+            snap["spool_depth"] = spool.rows if isinstance(spool, Spool) else None
+            prev = sinks.get(a.name)
+            sinks[a.name] = snap if prev is None else add_up(prev, snap)
+        for name, s in sinks.items():
+            if not identity_holds(s):
+                log.error("sink %r: the counters do not add up (a bug): %s", name, s)
         return {
             "pid": os.getpid(),
             "input": {
@@ -302,9 +373,10 @@ class Runtime:
         }
 
     def report(self) -> Report:
-        sinks = dict(self._finished)
-        for name in self._start_failures:
-            sinks[name] = self._missed(name)
+        with self._lock:
+            sinks = dict(self._finished)
+            for name in self._start_failures:
+                sinks[name] = self._missed(name)
         return Report(
             items=self.pipeline.items,
             envelopes=self.pipeline.envelopes,
@@ -315,16 +387,14 @@ class Runtime:
         )
 
     def _missed(self, name: str) -> dict[str, Any]:
-        """Counters of a sink that was not running: everything in between is lost to it."""
+        """Counters of a sink that was not running: everything in between is lost to it.
+        The caller holds ``_lock``."""
         msg, since = self._start_failures[name]
         n = self.pipeline.envelopes - since
         snap: dict[str, Any] = {k: 0 for k in SinkStats.FIELDS}
-        snap.update(accepted=n, failed=n, pending=0, last_error=msg)
+        snap.update(accepted=n, failed=n, last_error=msg)
         prev = self._finished.get(name)
-        if prev is not None:
-            for k in (*SinkStats.FIELDS, "pending"):
-                snap[k] += prev[k]
-        return snap
+        return snap if prev is None else add_up(prev, snap)
 
     # -- live reconfiguration ----------------------------------------------------------------
 
@@ -355,6 +425,14 @@ class Runtime:
             )
             log.debug("traceback", exc_info=True)
             return False
+        problems = path_problems(new)
+        if problems:
+            log.error(
+                "reload rejected, the running configuration stays: %s: %s",
+                new.path,
+                "; ".join(problems),
+            )
+            return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
         running = {a.name: a for a in self.dispatcher.sinks}
@@ -370,11 +448,12 @@ class Runtime:
                 )
                 log.info("reload: sink %r %s; flushing and stopping it", name, why)
                 self._retire(a)
-        for name in list(self._start_failures):
-            spec = new.sinks.get(name)
-            if spec is None or not spec.config.enabled:
-                self._finished[name] = self._missed(name)
-                del self._start_failures[name]
+        with self._lock:
+            for name in list(self._start_failures):
+                spec = new.sinks.get(name)
+                if spec is None or not spec.config.enabled:
+                    self._finished[name] = self._missed(name)
+                    del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
         was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
@@ -391,20 +470,24 @@ class Runtime:
                 continue
             try:
                 active = self._start(spec, new.host)
-            except SinkError as exc:
+            except SparkSinksError as exc:
                 log.error("reload: %s", exc)
-                if name not in self._start_failures:
-                    self._start_failures[name] = (str(exc), self.pipeline.envelopes)
+                with self._lock:
+                    if name not in self._start_failures:
+                        self._start_failures[name] = (str(exc), self.pipeline.envelopes)
                 continue
-            if name in self._start_failures:
-                self._finished[name] = self._missed(name)
-                del self._start_failures[name]
+            self._adopt(active)
+            with self._lock:
+                if name in self._start_failures:
+                    self._finished[name] = self._missed(name)
+                    del self._start_failures[name]
             log.info("reload: sink %r started", name)
             meta = self.assembler.all_metadata()
             single = Dispatcher()
             single.add(active)
             single.dispatch(meta)  # through its own buffer, ahead of anything else
-            self.dispatcher.add(active)
+            with self._lock:
+                self.dispatcher.add(active)
         log.info(
             "reload applied: %d machines, sinks running: %s",
             len(new.machines),
