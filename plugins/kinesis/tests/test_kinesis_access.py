@@ -167,6 +167,7 @@ def _role_sink(moto: MotoServer, stream: str, proxy: ForwardProxy, **kw: Any) ->
 
 def _write(sink: Any, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
+        sink.stats.add("accepted")  # what the core counts before a write
         sink.write([Envelope("record", "gw", {"machine": "m1", "time": i}, "m1")])
         sink.flush(30)
 
