@@ -18,6 +18,11 @@ Cases, each on a fresh 4-shard stream of the same moto server process:
   mqtt-bare loop   a bare paho-mqtt publish loop over the same envelopes at QoS 1, up to
                    the sink's max_in_flight unacknowledged, until every PUBACK is in; a
                    process of its own, timed the same way (see ``mqtt_bare_case.py``)
+  g      slow-out  (c) next to a ``stdout`` sink whose standard output is a slow pipe (a
+                   reader taking 4 KiB every 50 ms), with ``buffer: {type: memory,
+                   when_full: drop_newest}``: Kinesis records per second, timed from
+                   process start to the last record's arrival in the stream (moto's
+                   ApproximateArrivalTimestamp); compared with (c) timed the same way
 
 Then one long run for peak RSS: ``spark-sinks run`` of 1,000,000 records into the
 kinesis sink configured as in (d). (c), (d) and the RSS run set ``rate_limit: off``: moto
@@ -50,10 +55,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -214,6 +221,12 @@ class Bench:
     mqtt_bare_inner: list[float] = field(default_factory=list)
     """(mqtt-bare): the rate from its connect to the last PUBACK."""
     """A local Mosquitto for the mqtt cases, started on first use (``mqtt_broker_started``)."""
+    arrival: dict[str, list[float]] = field(default_factory=dict)
+    """(c), (g): records/s from process start to the last record's arrival in the stream."""
+    dropped: list[int] = field(default_factory=list)
+    """(g): envelopes the slow stdout sink dropped, per run."""
+    left: list[int] = field(default_factory=list)
+    """(g): envelopes left in its buffer at its flush_timeout (pending), per run."""
     _async_python: str | None = None
     _async_error: str | None = None
 
@@ -298,10 +311,16 @@ class Bench:
     def count(self, stream: str) -> int:
         """User records in the stream (those inside KPL aggregates counted one by one), read
         back over every shard; the stream is then deleted."""
+        return self.count_arrived(stream)[0]
+
+    def count_arrived(self, stream: str) -> tuple[int, float]:
+        """``count``, and when the last record arrived (epoch seconds, moto's clock: this
+        machine's)."""
         c = self.client()
-        total = sum(user_records(r["Data"]) for _, r in shard_records(c, stream))
+        records = [r for _, r in shard_records(c, stream)]
         c.delete_stream(StreamName=stream)
-        return total
+        last = max((r["ApproximateArrivalTimestamp"].timestamp() for r in records), default=0.0)
+        return sum(user_records(r["Data"]) for r in records), last
 
 
 def case_seed_put_record(b: Bench) -> float:
@@ -335,13 +354,15 @@ def case_bare_put_records(b: Bench) -> float:
     return ds.n / took
 
 
-def _run_spark_sinks(
-    b: Bench, ndjson: Path, n: int, name: str, endpoint: str = "", **sink: Any
-) -> float:
-    """``spark-sinks run`` of an NDJSON file of ``n`` records into the kinesis sink on a
-    fresh stream (through ``endpoint``, moto by default), as a whole process; returns its
-    seconds, after checking the count."""
-    stream = b.fresh_stream()
+def _config(
+    b: Bench,
+    ndjson: Path,
+    name: str,
+    stream: str,
+    others: dict[str, Any],
+    endpoint: str = "",
+    **sink: Any,
+) -> Path:
     cfg = {
         "host": HOST,
         "machines": machines_config(),
@@ -354,22 +375,93 @@ def _run_spark_sinks(
                 "endpoint_url": endpoint or b.moto.url,
                 "connection_test": False,
                 **sink,
-            }
+            },
+            **others,
         },
     }
     path = b.work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "PATH": "/usr/bin:/bin",
-        "SPARK_SINKS_LOAD_PLUGINS": "kinesis",
-    }
-    exe = str(Path(sys.executable).parent / "spark-sinks")
-    took, _ = b.run_proc([exe, "run", "-c", str(path)], env)
-    got = b.count(stream)
+    return path
+
+
+ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "PATH": "/usr/bin:/bin",
+    "SPARK_SINKS_LOAD_PLUGINS": "kinesis",
+}
+SPARK_SINKS = str(Path(sys.executable).parent / "spark-sinks")
+
+
+def _run_spark_sinks(
+    b: Bench, ndjson: Path, n: int, name: str, endpoint: str = "", **sink: Any
+) -> float:
+    """``spark-sinks run`` of an NDJSON file of ``n`` records into the kinesis sink on a
+    fresh stream (through ``endpoint``, moto by default), as a whole process; returns its
+    seconds, after checking the count. Also notes the rate up to the last record's arrival
+    (``Bench.arrival``)."""
+    stream = b.fresh_stream()
+    path = _config(b, ndjson, name, stream, {}, endpoint, **sink)
+    started = time.time()
+    took, _ = b.run_proc([SPARK_SINKS, "run", "-c", str(path)], ENV)
+    got, last = b.count_arrived(stream)
     assert got == n + MACHINES, (got, n + MACHINES)  # records + one metadata each
+    b.arrival.setdefault(b.case, []).append(n / (last - started))
     return took
+
+
+SLOW_READ = 4096
+SLOW_PAUSE = 0.05
+"""(g): the reader of the stdout sink's pipe takes 4 KiB every 50 ms (about 80 KB/s, a
+hundredth of what the stdout sink would need to keep up with (c))."""
+
+
+def _read_slowly(pipe: Any) -> None:
+    while pipe.read(SLOW_READ):
+        time.sleep(SLOW_PAUSE)
+
+
+def _count(line: str, what: str) -> int:
+    m = re.search(rf"(\d+) {what}", line)
+    return int(m.group(1)) if m else 0
+
+
+def case_slow_stdout(b: Bench) -> float:
+    """(g) (c) next to a stdout sink on a slow pipe, dropping what its buffer cannot hold;
+    Kinesis records/s from process start to the last record's arrival."""
+    ds = b.dataset(b.records)
+    stream = b.fresh_stream()
+    debug = {
+        "debug": {
+            "type": "stdout",
+            "buffer": {"type": "memory", "when_full": "drop_newest"},
+            "flush_timeout": 1,  # then the run ends without draining the slow pipe
+        }
+    }
+    path = _config(b, ds.ndjson, "slow-stdout", stream, debug)
+    env = {**ENV, "SPARK_SINKS_LOAD_PLUGINS": "kinesis,stdout"}
+    with tempfile.TemporaryFile() as err:
+        started = time.time()
+        proc = subprocess.Popen(
+            [SPARK_SINKS, "run", "-c", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        reader = threading.Thread(target=_read_slowly, args=(proc.stdout,), daemon=True)
+        reader.start()
+        proc.wait(300)
+        err.seek(0)
+        log = err.read().decode()
+    got, last = b.count_arrived(stream)
+    assert got == ds.n + MACHINES, (got, log[-2000:])
+    # the debug sink loses what the pipe could not take: dropped (exit 1 says so)
+    assert proc.returncode == 1, log[-2000:]
+    summary = next((x for x in log.splitlines() if "sink 'debug':" in x), "")
+    b.dropped.append(_count(summary, "dropped"))
+    b.left.append(_count(summary, "pending"))
+    return ds.n / (last - started)
 
 
 def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
@@ -513,6 +605,7 @@ CASES: list[tuple[str, str, Callable[[Bench], float]]] = [
     ("f-bare", "bare loop: orjson parse, same envelope, orjson encode", case_bare_loop),
     ("mqtt", "spark-sinks run, mqtt sink, QoS 1, local Mosquitto", case_mqtt),
     ("mqtt-bare", "bare paho-mqtt publish loop, QoS 1, all PUBACKs", case_mqtt_bare),
+    ("g", "(c) next to a stdout sink on a slow pipe, drop_newest", case_slow_stdout),
 ]
 RATIOS = [
     ("c/a", "c", "a", 25.0),
@@ -524,6 +617,8 @@ RATIOS = [
     ("mqtt/mqtt-bare", "mqtt", "mqtt-bare", 0.8),
 ]
 ABSOLUTE = [("f", 50_000.0)]
+SLOW_PIPE_TARGET = 0.9
+"""(g) against (c), both timed to the last record's arrival: Kinesis keeps 90% of its pace."""
 RSS_TARGET_MB = 150.0
 
 
@@ -635,6 +730,24 @@ def _rss(b: Bench, key: str) -> str:
     return f"{max(values):.0f}" if values else "-"
 
 
+def _slow_pipe_note(b: Bench, rates: dict[str, float]) -> list[str]:
+    if "g" not in rates:
+        return []
+    c = b.arrival.get("c")
+    same = f"(c) timed the same way made {statistics.median(c):,.0f} records/s; " if c else ""
+    return [
+        "",
+        "(g) is timed from process start to the last record's arrival in the stream; "
+        + same
+        + "the slow stdout sink dropped "
+        + ", ".join(f"{d:,}" for d in b.dropped)
+        + " and left "
+        + ", ".join(f"{d:,}" for d in b.left)
+        + " in its buffer at its flush_timeout (1 s), of each run's "
+        + f"{b.records + MACHINES:,} envelopes (reported; exit status 1).",
+    ]
+
+
 def report(
     b: Bench,
     runs: dict[str, list[float]],
@@ -683,7 +796,14 @@ def report(
             "are timed from process start to exit. Timed from its connect to the last PUBACK, "
             f"the bare loop made {statistics.median(b.mqtt_bare_inner):,.0f} records/s.",
         ]
+    lines += _slow_pipe_note(b, rates)
     lines += ["", "| target | value | goal |", "|---|---:|---:|"]
+    if "g" in rates and b.arrival.get("c"):
+        value = rates["g"] / statistics.median(b.arrival["c"])
+        ok = "met" if value >= SLOW_PIPE_TARGET else "NOT met"
+        lines.append(
+            f"| g/c (to the last arrival) | {value:.2f} | >= {SLOW_PIPE_TARGET:g} ({ok}) |"
+        )
     for name, num, den, target in RATIOS:
         if num in rates and den in rates:
             value = rates[num] / rates[den]
