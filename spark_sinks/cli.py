@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from pydantic import BaseModel, SecretStr
 
 from . import __version__, logs
 from .config import Config, load_config
 from .errors import ConfigError, SparkSinksError
 from .metrics import check_operations
 from .plugins import LOAD_ENV, Registry, load_registry
-from .runtime import EXIT_CONFIG, Report, Runtime, start_sink, stop_sink
+from .runtime import EXIT_CONFIG, Report, Runtime, path_problems, start_sink, stop_sink
+from .sink import describe, lost_anything
 from .status import read_status, verdict
 from .supervisor import Phase, Supervisor
 
@@ -41,22 +41,9 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _register_secrets(model: BaseModel) -> None:
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, SecretStr):
-            logs.add_secret(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            _register_secrets(value)
-
-
 def _load(path: Path) -> tuple[Config, Registry]:
     registry = load_registry()
-    config = load_config(path, registry)
-    _register_secrets(config.source)
-    for spec in config.sinks.values():
-        _register_secrets(spec.config)
-    return config, registry
+    return load_config(path, registry), registry
 
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
@@ -131,25 +118,14 @@ def summarise(report: Report) -> None:
         report.incomplete_dropped,
     )
     for name, s in report.sinks.items():
-        missing = int(s["accepted"]) - int(s["delivered"])
         why = report.not_started.get(name)
         head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"
-        line = f"{head} {s['accepted']} accepted, {s['delivered']} delivered"
-        if not missing:
-            (log.error if why else log.info)("%s", line)
+        line = f"{head} {describe(s)}"
+        if not lost_anything(s):
+            (log.warning if why else log.info)("%s", line)
             continue
-        parts = [
-            f"{s[k]} {k.replace('_', '-')}"
-            for k in ("dead_lettered", "failed", "dropped", "pending")
-            if s[k]
-        ]
-        log.error(
-            "%s; %d NOT delivered (%s)%s",
-            line,
-            missing,
-            ", ".join(parts),
-            f"; last error: {s['last_error']}" if s.get("last_error") and not why else "",
-        )
+        error = f"; last error: {s['last_error']}" if s.get("last_error") and not why else ""
+        log.error("%s%s", line, error)
 
 
 @cli.command()
@@ -159,8 +135,9 @@ def check(config_path: Path) -> None:
     """Validate the config and run each enabled sink's connection check."""
     config, _ = _load(config_path)
     ops = check_operations(config.operations)
-    if ops.problems:
-        raise ConfigError(f"{config_path}: {'; '.join(ops.problems)}")
+    problems = ops.problems + path_problems(config)
+    if problems:
+        raise ConfigError(f"{config_path}: {'; '.join(problems)}")
     click.echo(f"config: ok ({len(config.machines)} machines, source {config.source.type})")
     if ops.notes:
         click.echo(f"operations: ok ({'; '.join(ops.notes)})")
@@ -176,11 +153,11 @@ def check(config_path: Path) -> None:
             active = start_sink(spec, config.host, probe=True)
         except SparkSinksError as exc:
             failed += 1
-            click.echo(f"sink {spec.name}: FAILED: {exc}")
+            click.echo(logs.redact(f"sink {spec.name}: FAILED: {exc}"))
             continue
         stop_sink(active)
         detail = "" if active.checked == "ok" else f" ({active.checked})"
-        click.echo(f"sink {spec.name}: ok{detail}")
+        click.echo(logs.redact(f"sink {spec.name}: ok{detail}"))
     sys.exit(1 if failed else 0)
 
 
@@ -213,7 +190,7 @@ def plugins(as_json: bool) -> None:
 
     Exits 1 when a plugin is broken (failed to load or raised in a hook)."""
     registry = load_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in registry.plugins:
         rows.append(
             {

@@ -7,6 +7,7 @@ e.g. ``sinks.cloud.region: 'bad-region' is not an AWS region``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -16,9 +17,10 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from . import logs
 from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
 from .metrics import OperationsConfig
@@ -26,6 +28,8 @@ from .plugins import Provided, Registry
 from .show import show
 from .sink import SinkConfig
 from .sources import SourceConfig
+
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -368,7 +372,28 @@ def _typed_block(
         if registry.broken:
             hint = f"; plugins that failed to load: {', '.join(sorted(registry.broken))}"
         raise ConfigError(f"{prefix}.type: unknown {what} type {show(kind)} (known: {known}){hint}")
-    return validate_block(provided.cls.Config, block, prefix), provided
+    model = validate_block(provided.cls.Config, block, prefix)
+    guard_secrets(model, prefix)
+    return model, provided
+
+
+def guard_secrets(model: BaseModel, prefix: str) -> None:
+    """Register every ``SecretStr`` for redaction, and refuse one with surrounding
+    whitespace or control characters (a pasted newline breaks a signature, and the
+    error would print the value): the message names the key, never the value."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        where = f"{prefix}.{name}"
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            logs.add_secret(secret)
+            if secret != secret.strip() or any(c < " " or c == "\x7f" for c in secret):
+                raise ConfigError(
+                    f"{where}: has surrounding whitespace or a control character "
+                    "(the value is not shown)"
+                )
+        elif isinstance(value, BaseModel):
+            guard_secrets(value, where)
 
 
 def parse_config(raw: Any, path: Path, registry: Registry) -> Config:
@@ -386,6 +411,12 @@ def parse_config(raw: Any, path: Path, registry: Registry) -> Config:
         prefix = f"sinks.{_key(name)}"
         cfg, provided = _typed_block(registry.sink_types, block, prefix, "sink", registry)
         sinks[name] = SinkSpec(name, cfg, provided)
+        if cfg.spool is not None:
+            log.warning(
+                "sinks.%s.spool is deprecated: write buffer: {type: disk, path: ...} instead "
+                "(on_full becomes when_full)",
+                name,
+            )
     return Config(
         path=path,
         host=app.host or socket.gethostname(),

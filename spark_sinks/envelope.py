@@ -16,10 +16,15 @@ class Envelope:
 
     ``machine`` is carried beside the payload so that sinks can route (e.g.
     pick a partition key) without digging into ``data``. The JSON encoding is
-    computed once and shared by every sink. Once every sink has the envelope,
-    the core may ``compact`` it to its JSON alone: ``data`` is then decoded
-    again only if someone asks, so buffers of waiting envelopes hold bytes,
-    not dictionaries.
+    computed once and shared by every sink. Once every sink's worker is done
+    with the envelope (``buffer.Batch.release``), the core may ``compact`` it to
+    its JSON alone: ``data`` is then decoded again only if someone asks, so
+    buffers of waiting envelopes hold bytes, not dictionaries.
+
+    Compaction may run while a buffered sink's own thread reads ``data`` or
+    calls ``to_json``: ``compact`` sets the JSON before it drops the dictionary,
+    and each attribute is read and written whole, so a reader always finds one
+    of the two and gets the same value (at worst it decodes the JSON again).
     """
 
     __slots__ = ("_data", "_json", "host", "machine", "type")

@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import files, logs
 from .errors import ConfigError
+from .sink import describe
 
 log = logging.getLogger("spark_sinks.stats")
 
@@ -47,14 +49,7 @@ def summary_line(snap: dict[str, Any]) -> str:
     i = snap["input"]
     parts = [f"input {i['items']} items, {i['rejected']} rejected"]
     for name, s in snap["sinks"].items():
-        line = (
-            f"{name}: {s['accepted']} accepted, {s['delivered']} delivered, "
-            f"{s['pending']} pending, {s['retried']} retried, {s['dead_lettered']} dead-lettered, "
-            f"{s['dropped']} dropped"
-        )
-        if s.get("spool_depth") is not None:
-            line += f", spool {s['spool_depth']}"
-        parts.append(line)
+        parts.append(f"{name}: {describe(s)}")
     return "; ".join(parts)
 
 
@@ -160,7 +155,8 @@ class Reporter:
         path = self.config.status_file
         assert path is not None
         try:
-            write_atomically(path, orjson.dumps(snap, option=orjson.OPT_INDENT_2))
+            text = orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode()
+            write_atomically(path, logs.redact(text).encode())
         except OSError as exc:
             self._status_errors.fail(
                 f"cannot write the status file {path}: {exc.strerror or exc}; "
@@ -271,7 +267,8 @@ def _status_file_problem(path: Path) -> str | None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)
+    # mkstemp creates the file 0600 whatever the umask, so the status stays private
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -291,6 +288,7 @@ _COUNTERS = {
     "dead_lettered": "Envelopes set aside as undeliverable",
     "dropped": "Envelopes dropped (spool full with on_full: drop_oldest)",
     "failed": "Envelopes lost to a sink error",
+    "throttled": "Requests or entries the destination refused for throttling",
 }
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
+from . import files
 from .assembly import Assembler, InputError
 from .dispatch import Dispatcher
 from .envelope import Envelope
@@ -62,8 +62,7 @@ class Rejects:
         except TypeError:  # nested deeper than orjson writes
             data = json_text(entry).encode()
         if self._fh is None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._fh = open(fd, "ab")  # noqa: SIM115 - kept open for the run
+            self._fh = files.append_private(self.path)  # kept open for the run
         self._fh.write(data + b"\n")
         self._fh.flush()
 

@@ -56,9 +56,6 @@ class Registry:
     broken: dict[str, str] = field(default_factory=dict)
     """Plugin name -> why it could not be loaded or run."""
 
-    def sink_type(self, name: str) -> Provided | None:
-        return self.sink_types.get(name)
-
     def distribution(self, plugin: str) -> str | None:
         """``"name version"`` of the distribution that installed this plugin, if any."""
         dist = _DISTS.get(plugin)

@@ -10,16 +10,19 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from . import files
 from .assembly import Assembler
 from .config import Config, SinkSpec, load_config
 from .dispatch import ActiveSink, Dispatcher
-from .errors import ConfigError, SinkError
+from .errors import ConfigError, SinkError, SparkSinksError
 from .metrics import Reporter
 from .pipeline import Pipeline, Rejects
 from .plugins import Registry, load_registry
-from .sink import SinkContext, SinkStats
+from .sink import SinkContext, SinkStats, add_up, identity_holds, lost_anything
 from .spool import Spool, SpooledSink
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,30 @@ EXIT_OK = 0
 EXIT_UNDELIVERED = 1
 EXIT_CONFIG = 2
 EXIT_REJECTED_INPUT = 3
+
+
+def path_problems(config: Config) -> list[str]:
+    """Data files the config names that could not be written, one line each naming the
+    config key. Checked before a run starts, by ``spark-sinks check`` and on reload."""
+    problems = []
+    if config.source.dead_letter is not None:
+        why = files.path_problem(config.source.dead_letter)
+        if why:
+            problems.append(f"source.dead_letter: {why}")
+    for spec in config.sinks.values():
+        if not spec.config.enabled:
+            continue
+        if spec.config.dead_letter is not None:
+            why = files.path_problem(spec.config.dead_letter)
+            if why:
+                problems.append(f"sinks.{spec.name}.dead_letter: {why}")
+        buffer = spec.config.buffer
+        if buffer.type == "disk" and buffer.path is not None:
+            why = files.dir_problem(buffer.path)
+            if why:
+                key = "spool" if spec.config.spool is not None else "buffer"
+                problems.append(f"sinks.{spec.name}.{key}.path: {why}")
+    return problems
 
 
 def start_sink(
@@ -39,10 +66,10 @@ def start_sink(
 ) -> ActiveSink:
     """Instantiate, open and (optionally) check one sink; raises ``SinkError`` naming it.
 
-    A spooled sink whose check fails still starts, since its spool holds what it cannot
-    deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a running
-    process may own it, and a check must not deliver what it holds. ``context`` lets the
-    caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
+    A sink with a disk buffer whose check fails still starts, since its spool holds what
+    it cannot deliver yet. ``probe`` (for ``spark-sinks check``) leaves the spool alone: a
+    running process may own it, and a check must not deliver what it holds. ``context``
+    lets the caller stop a start-up that hangs (its ``shutdown`` and ``stopping``)."""
     cls = spec.provided.cls
     ctx = context or SinkContext(spec.name, host, spec.config.dead_letter)
     label = f"sink {spec.name!r} ({cls.type_name} from {spec.provided.plugin.distribution})"
@@ -50,13 +77,21 @@ def start_sink(
         sink = cls(spec.config, ctx)
     except Exception as exc:
         raise SinkError(f"{label} failed to initialise: {type(exc).__name__}: {exc}") from exc
-    if spec.config.spool is not None and not probe:
-        sink = SpooledSink(sink, Spool(spec.config.spool.path, spec.name, spec.config.spool))
-    active = ActiveSink(spec.name, sink, spec.provided.plugin, spec.config.flush_timeout)
-    active.call("open", sink.open)
+    buffer = spec.config.buffer
+    disk = buffer.type == "disk"
+    if disk and not probe:
+        spool = buffer.spool()
+        sink = SpooledSink(sink, Spool(spool.path, spec.name, spool))
+    active = ActiveSink(
+        spec.name, sink, spec.provided.plugin, spec.config.flush_timeout, direct=disk or probe
+    )
+    if isinstance(sink, SpooledSink):
+        sink.open_spool()  # a spool in use or unreadable stops the run (SpoolError)
+    # open and check run where the sink's writes will run (its worker), like every call
+    active.inlet.run(lambda: active.call("open", sink.open))
     if check:
         try:
-            active.checked = str(active.call("check", sink.check) or "ok")
+            active.checked = str(active.inlet.run(lambda: active.call("check", sink.check)) or "ok")
         except SinkError as exc:
             if isinstance(sink, SpooledSink):
                 # A gateway that boots before its network must not refuse to run: the
@@ -71,16 +106,11 @@ def start_sink(
     return active
 
 
-def stop_sink(active: ActiveSink) -> None:
-    """Flush, then close; never raises (failures are logged and counted)."""
-    try:
-        active.call("flush", active.sink.flush, active.flush_timeout)
-    except SinkError as exc:
-        log.error("%s", exc)
-    try:
-        active.call("close", active.sink.close)
-    except SinkError as exc:
-        log.error("%s", exc)
+def stop_sink(active: ActiveSink) -> bool:
+    """Drain its buffer, flush, then close, within its ``flush_timeout``; never raises
+    (failures are logged and counted). False when the sink was abandoned in a call that
+    did not return in time."""
+    return active.inlet.begin_stop(active.flush_timeout)()
 
 
 @dataclass
@@ -89,17 +119,14 @@ class Report:
     envelopes: int = 0
     rejected: int = 0
     incomplete_dropped: int = 0
-    sinks: dict[str, dict[str, object]] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_started: dict[str, str] = field(default_factory=dict)
     """Sinks that could not start (or were stopped while starting), with the reason."""
 
     @property
-    def undelivered(self) -> dict[str, int]:
-        return {k: int(v["accepted"]) - int(v["delivered"]) for k, v in self.sinks.items()}
-
-    @property
     def exit_code(self) -> int:
-        if any(self.undelivered.values()):
+        """0 only when nothing accepted in this run, or left by an earlier one, was lost."""
+        if any(lost_anything(s) for s in self.sinks.values()):
             return EXIT_UNDELIVERED
         if self.rejected:
             return EXIT_REJECTED_INPUT
@@ -118,9 +145,15 @@ class Runtime:
         self.pipeline = Pipeline(self.assembler, self.dispatcher, self.rejects)
         self.pipeline.between_batches = self._between_batches
         self.reporter = Reporter(config.operations, self.snapshot)
+        self._lock = threading.Lock()
+        """Guards ``_finished``, ``_start_failures`` and ``_handover``: ``reload`` (source
+        thread) changes them while the reporter thread takes snapshots."""
         self._finished: dict[str, dict[str, Any]] = {}
+        """Final counters of sink instances already stopped, by sink name (added up)."""
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
+        self._handover: dict[str, tuple[Path, int]] = {}
+        """Spool file and envelopes a stopped instance left in it, for its successor."""
         self.stopped_by = ""
         """The signal that stopped the run, for messages."""
         self._starting: tuple[str, SinkContext] | None = None
@@ -131,24 +164,34 @@ class Runtime:
     def start(self) -> None:
         """Start every enabled sink. One that cannot start is reported and the others run
         (its envelopes count as not delivered); only when none can start is it fatal."""
+        problems = path_problems(self.config)
+        if problems:
+            raise ConfigError(f"{self.config.path}: {'; '.join(problems)}")
         # the metrics port and the status file first: a fault there is exit 2 before any
         # sink is opened or any data accepted
         self.reporter.open(str(self.config.path))
         enabled = [spec for spec in self.config.sinks.values() if spec.config.enabled]
         for spec in enabled:
             if self.stop.is_set():
-                self._start_failures[spec.name] = (f"stopped by {self.stopped_by}", 0)
+                with self._lock:
+                    self._start_failures[spec.name] = (f"stopped by {self.stopped_by}", 0)
                 continue
             try:
                 self.dispatcher.add(self._start(spec, self.config.host))
             except SinkError as exc:
                 if self.stop.is_set():
                     why = f"stopped by {self.stopped_by} during its start-up ({exc})"
-                    self._start_failures[spec.name] = (why, 0)
+                    with self._lock:
+                        self._start_failures[spec.name] = (why, 0)
                     continue
                 if len(enabled) > 1:
                     log.error("%s; running without it (SIGHUP retries)", exc)
-                self._start_failures[spec.name] = (str(exc), 0)
+                with self._lock:
+                    self._start_failures[spec.name] = (str(exc), 0)
+            except SparkSinksError:  # e.g. a spool in use: refuse to start at all
+                for a in self.dispatcher.sinks:
+                    self._retire(a)
+                raise
         if self.stop.is_set():
             return
         if enabled and not self.dispatcher.sinks:
@@ -220,8 +263,9 @@ class Runtime:
             a.sink.context.stopping.set()
 
     def flush_bound(self) -> float:
-        """Seconds the final flushes may take in all (they run one sink after another)."""
-        return sum(a.flush_timeout for a in self.dispatcher.sinks)
+        """Seconds the final flushes may take (every sink drains at once, each within its
+        own flush_timeout)."""
+        return max((a.flush_timeout for a in self.dispatcher.sinks), default=0.0)
 
     def busy_with(self) -> str:
         return self._busy
@@ -232,7 +276,8 @@ class Runtime:
         starting = self._starting
         if starting is not None:
             why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
-            self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
+            with self._lock:
+                self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
         if self.config.operations.status_file:
             self._final_report()
         report = self.report()
@@ -241,8 +286,12 @@ class Runtime:
         return report
 
     def shutdown(self) -> None:
-        for a in self.dispatcher.sinks:
-            self._retire(a)
+        # every sink drains at once; each within its own flush_timeout
+        self._busy = "the sinks to flush and close"
+        stopping = [(a, a.inlet.begin_stop(a.flush_timeout)) for a in self.dispatcher.sinks]
+        for a, wait in stopping:
+            wait()  # an abandoned sink is logged by its worker; its counters say the rest
+            self._finish(a)
         self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
@@ -259,25 +308,57 @@ class Runtime:
         """Flush and close a sink, keeping its final counters for the report."""
         self._busy = f"sink {a.name!r} to flush and close"
         stop_sink(a)
-        self.dispatcher.remove(a.name)
+        self._finish(a)
+
+    def _finish(self, a: ActiveSink) -> None:
+        """Keep a stopped sink's final counters for the report (added up over reloads)."""
         snap = a.stats.snapshot()
-        prev = self._finished.get(a.name)
-        if prev is not None:  # the same name ran before a reload: add the runs up
-            for k in (*SinkStats.FIELDS, "pending"):
-                snap[k] += prev[k]
-        self._finished[a.name] = snap
+        spool = getattr(a.sink, "spool", None)
+        with self._lock:
+            self.dispatcher.remove(a.name)
+            prev = self._finished.get(a.name)
+            # the same name ran before a reload: add the runs up
+            self._finished[a.name] = snap if prev is None else add_up(prev, snap)
+            if isinstance(spool, Spool) and spool.left:
+                self._handover[a.name] = (spool.file, spool.left)
+
+    def _adopt(self, active: ActiveSink) -> None:
+        """A sink that replays what its predecessor in this run left in the same spool
+        file: those envelopes were accepted (and are still pending) there, so they move
+        over instead of being counted twice."""
+        spool = getattr(active.sink, "spool", None)
+        with self._lock:
+            left = self._handover.pop(active.name, None)
+            prev = self._finished.get(active.name)
+            if left is None or prev is None or not isinstance(spool, Spool):
+                return
+            file, n = left
+            if file != spool.file:
+                return
+            moved = min(n, spool.replayed, prev["pending"])
+            prev["accepted"] -= moved
+            prev["pending"] -= moved
+            # they were counted as accepted or replayed by the predecessor already
+            active.stats.unreplay(moved)
 
     # -- status ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        sinks = {k: dict(v) for k, v in self._finished.items()}
-        for a in self.dispatcher.sinks:
-            snap = a.stats.snapshot()
+        with self._lock:
+            running = self.dispatcher.sinks
+            sinks = {k: {**v, "spool_depth": None} for k, v in self._finished.items()}
+            live = {a.name: a.stats.snapshot() for a in running}
+            for name in self._start_failures:
+                sinks[name] = {**self._missed(name), "spool_depth": None}
+        for a in running:
+            snap = live[a.name]
             spool = getattr(a.sink, "spool", None)
-            snap["spool_depth"] = spool.count() if spool is not None else None
-            sinks[a.name] = snap
-        for name in self._start_failures:
-            sinks[name] = {**self._missed(name), "spool_depth": None}
+            snap["spool_depth"] = spool.rows if isinstance(spool, Spool) else None
+            prev = sinks.get(a.name)
+            sinks[a.name] = snap if prev is None else add_up(prev, snap)
+        for name, s in sinks.items():
+            if not identity_holds(s):
+                log.error("sink %r: the counters do not add up (a bug): %s", name, s)
         return {
             "pid": os.getpid(),
             "input": {
@@ -290,9 +371,10 @@ class Runtime:
         }
 
     def report(self) -> Report:
-        sinks = dict(self._finished)
-        for name in self._start_failures:
-            sinks[name] = self._missed(name)
+        with self._lock:
+            sinks = dict(self._finished)
+            for name in self._start_failures:
+                sinks[name] = self._missed(name)
         return Report(
             items=self.pipeline.items,
             envelopes=self.pipeline.envelopes,
@@ -303,26 +385,22 @@ class Runtime:
         )
 
     def _missed(self, name: str) -> dict[str, Any]:
-        """Counters of a sink that was not running: everything in between is lost to it."""
+        """Counters of a sink that was not running: everything in between is lost to it.
+        The caller holds ``_lock``."""
         msg, since = self._start_failures[name]
         n = self.pipeline.envelopes - since
         snap: dict[str, Any] = {k: 0 for k in SinkStats.FIELDS}
-        snap.update(accepted=n, failed=n, pending=0, last_error=msg)
+        snap.update(accepted=n, failed=n, last_error=msg)
         prev = self._finished.get(name)
-        if prev is not None:
-            for k in (*SinkStats.FIELDS, "pending"):
-                snap[k] += prev[k]
-        return snap
+        return snap if prev is None else add_up(prev, snap)
 
     # -- live reconfiguration ----------------------------------------------------------------
 
     def _machines_retired(self, names: list[str]) -> None:
-        """Tell the sinks that kept running which machines stopped publishing."""
+        """Tell the sinks that kept running which machines stopped publishing: on each
+        sink's worker, after what was written before the reload (nobody waits for it)."""
         for a in self.dispatcher.sinks:
-            try:
-                a.call("machines_retired", a.sink.machines_retired, names)
-            except SinkError as exc:
-                log.error("%s", exc)
+            a.inlet.post(partial(a.call, "machines_retired", a.sink.machines_retired, names))
 
     def _between_batches(self) -> None:
         if self.reload_requested.is_set():
@@ -345,6 +423,14 @@ class Runtime:
             )
             log.debug("traceback", exc_info=True)
             return False
+        problems = path_problems(new)
+        if problems:
+            log.error(
+                "reload rejected, the running configuration stays: %s: %s",
+                new.path,
+                "; ".join(problems),
+            )
+            return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
         running = {a.name: a for a in self.dispatcher.sinks}
@@ -360,11 +446,12 @@ class Runtime:
                 )
                 log.info("reload: sink %r %s; flushing and stopping it", name, why)
                 self._retire(a)
-        for name in list(self._start_failures):
-            spec = new.sinks.get(name)
-            if spec is None or not spec.config.enabled:
-                self._finished[name] = self._missed(name)
-                del self._start_failures[name]
+        with self._lock:
+            for name in list(self._start_failures):
+                spec = new.sinks.get(name)
+                if spec is None or not spec.config.enabled:
+                    self._finished[name] = self._missed(name)
+                    del self._start_failures[name]
         self.config = new
         self.assembler.on_incomplete = new.on_incomplete
         was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
@@ -381,20 +468,24 @@ class Runtime:
                 continue
             try:
                 active = self._start(spec, new.host)
-            except SinkError as exc:
+            except SparkSinksError as exc:
                 log.error("reload: %s", exc)
-                if name not in self._start_failures:
-                    self._start_failures[name] = (str(exc), self.pipeline.envelopes)
+                with self._lock:
+                    if name not in self._start_failures:
+                        self._start_failures[name] = (str(exc), self.pipeline.envelopes)
                 continue
-            if name in self._start_failures:
-                self._finished[name] = self._missed(name)
-                del self._start_failures[name]
+            self._adopt(active)
+            with self._lock:
+                if name in self._start_failures:
+                    self._finished[name] = self._missed(name)
+                    del self._start_failures[name]
             log.info("reload: sink %r started", name)
             meta = self.assembler.all_metadata()
             single = Dispatcher()
             single.add(active)
-            single.dispatch(meta)
-            self.dispatcher.add(active)
+            single.dispatch(meta)  # through its own buffer, ahead of anything else
+            with self._lock:
+                self.dispatcher.add(active)
         log.info(
             "reload applied: %d machines, sinks running: %s",
             len(new.machines),

@@ -40,7 +40,10 @@ close``) with a recording subclass of your sink, and checks:
 * that records, metadata and connection-test envelopes arrive intact (their
   JSON compares equal, including unicode, big integers and nested values), and
   that the sink leaves the envelopes it is given unmodified;
-* that configuration errors name the failing key as ``sinks.<name>.<key>``.
+* that configuration errors name the failing key as ``sinks.<name>.<key>``;
+* that the sink works under the worker model: every call on the sink's own worker
+  thread (not the main thread), ``write`` from that one thread only, ``flush`` and
+  ``close`` after the last ``write``.
 
 :class:`SinkHarness` is the driver the contract uses; use it directly for
 your own lifecycle tests. This module needs pytest, which spark-sinks itself
@@ -52,7 +55,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import orjson
 import pluggy
@@ -69,6 +72,7 @@ from .sink import Sink, SinkConfig
 
 __all__ = ["MISSING", "Invalid", "SinkContract", "SinkHarness", "sample_envelopes"]
 
+T = TypeVar("T")
 HOST = "contract-host"
 NAME = "contract"
 
@@ -94,7 +98,7 @@ def sample_envelopes(host: str = HOST) -> list[Envelope]:
     """Metadata, records and a connection test for two machines, with the values that
     tend to get mangled: unicode, quotes, newlines, big and negative numbers, nulls,
     nested objects and arrays."""
-    variables = {
+    variables: dict[str, dict[str, Any]] = {
         "temperature": {"name": "temperature", "format": "float", "description": "Öl °C"},
         "count": {"name": "count", "format": "uint64"},
         "state": {"name": "state", "format": "string"},
@@ -135,13 +139,18 @@ class _Journal:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        """Guards ``events``, ``threads`` and ``acknowledged``."""
         self.events: list[str] = []
+        self.threads: list[tuple[str, int]] = []
+        """(lifecycle call, id of the thread it was made on), in order."""
         self.acknowledged: list[Envelope] = []
         self.local = threading.local()
 
     def add(self, event: str) -> None:
         with self.lock:
             self.events.append(event)
+            if event in _LIFECYCLE:
+                self.threads.append((event, threading.get_ident()))
 
     def on_delivered(self, envelopes: Sequence[Envelope]) -> None:
         with self.lock:
@@ -190,10 +199,13 @@ def _recording(cls: type[Sink], journal: _Journal) -> type[Sink]:
 class SinkHarness:
     """Drive one sink instance through the core's lifecycle, step by step.
 
-    ``start`` validates the config exactly as ``spark-sinks run`` does (errors
-    are ``ConfigError("sinks.contract.<key>: ...")``) and opens and checks the
-    sink with the core's ``start_sink``. Exceptions from the sink propagate as
-    ``SinkError`` naming the sink and the step, so a failing test says where.
+    The config is validated exactly as ``spark-sinks run`` does (errors are
+    ``ConfigError("sinks.contract.<key>: ...")``); ``start`` opens and checks the
+    sink with the core's ``start_sink``. As in a run, every call into the sink is
+    made on the sink's own worker thread, never on the test's thread; each step
+    waits for its call to return. An exception from the sink, ``write`` included,
+    is raised again in the test as a ``SinkError`` naming the sink and the step,
+    so a failing test says where (the core would count that batch failed and go on).
     """
 
     def __init__(
@@ -231,6 +243,12 @@ class SinkHarness:
         return [e for e in self.events if e in _LIFECYCLE]
 
     @property
+    def threads(self) -> list[tuple[str, int]]:
+        """``(lifecycle call, thread id)`` of every call the core made, in order."""
+        with self.journal.lock:
+            return list(self.journal.threads)
+
+    @property
     def acknowledged(self) -> list[Envelope]:
         with self.journal.lock:
             return list(self.journal.acknowledged)
@@ -243,31 +261,45 @@ class SinkHarness:
         return self.active.sink
 
     def write(self, envelopes: Sequence[Envelope]) -> None:
-        """Hand one batch to the sink and count it as the core's dispatcher does."""
-        active = self.active
-        assert active is not None, "call start() first"
+        """Hand one batch to the sink on its worker and count it as the core does;
+        a failing ``write`` is counted failed and raised again here."""
+        active = self._active()
         batch = list(envelopes)
-        active.stats.add("accepted", len(batch))
+        n = len(batch)
+        active.stats.add("accepted", n)
         self.written.extend(batch)
-        try:
-            active.call("write", active.sink.write, batch)
-        except Exception:
-            active.stats.add("failed", len(batch))
-            raise
-        if not active.sink.buffered:
-            active.stats.add("delivered", len(batch))
+
+        def write() -> None:
+            try:
+                active.call("write", active.sink.write, batch)
+            except Exception:
+                active.stats.add("failed", n)
+                raise
+            if not active.sink.buffered:
+                active.stats.add("delivered", n)
+
+        active.inlet.run(write)
 
     def flush(self, timeout: float | None = None) -> None:
-        active = self.active
-        assert active is not None, "call start() first"
+        active = self._active()
         limit = active.flush_timeout if timeout is None else timeout
-        active.call("flush", active.sink.flush, limit)
+        active.inlet.run(lambda: active.call("flush", active.sink.flush, limit))
 
     def close(self) -> None:
-        active = self.active
-        assert active is not None, "call start() first"
+        """Close the sink on its worker, which then ends."""
+        active = self._active()
         self.closed = True
-        active.call("close", active.sink.close)
+        active.inlet.run(lambda: active.call("close", active.sink.close), last=True)
+
+    def on_worker(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the sink's worker thread and return its result: for a test that
+        reaches into the sink's state bound to that thread (e.g. a ``sqlite3``
+        connection made in ``open``)."""
+        return self._active().inlet.run(fn)
+
+    def _active(self) -> ActiveSink:
+        assert self.active is not None, "call start() first"
+        return self.active
 
     def stop(self) -> None:
         """The core's shutdown: final flush, then close."""
@@ -276,10 +308,11 @@ class SinkHarness:
 
     def abandon(self) -> None:
         """Close a sink left open by a failed test; errors are ignored."""
-        if self.active is not None and not self.closed:
+        active = self.active
+        if active is not None and not self.closed:
             self.closed = True
             with contextlib.suppress(Exception):
-                self.active.sink.close()
+                active.inlet.run(active.sink.close, last=True)
 
 
 def _batches(envelopes: list[Envelope], sizes: Sequence[int]) -> Iterator[list[Envelope]]:
@@ -317,7 +350,7 @@ class SinkContract:
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "invalid_config" in metafunc.fixturenames:
-            cases = list(self.invalid_configs) or [None]
+            cases: list[Invalid | None] = [*self.invalid_configs] or [None]
             ids = [c.path if c else "none-declared" for c in cases]
             metafunc.parametrize("invalid_config", cases, ids=ids)
 
@@ -469,6 +502,27 @@ class SinkContract:
         harness.stop()
         assert harness.calls == ["open", "write", "flush", "close"]
         self.assert_arrived(envelopes, read_back(), "after close")
+
+    def test_runs_under_the_worker_model(
+        self, harness: SinkHarness, read_back: Callable[[], list[Any]], envelopes: list[Envelope]
+    ) -> None:
+        """Every call comes from the sink's own worker thread, one at a time; the sink
+        never calls its own lifecycle methods from another thread (a retry timer calling
+        ``write``, say), and works though that thread is not the main thread."""
+        self._run(harness, envelopes)
+        harness.stop()
+        threads = {t for _, t in harness.threads}
+        writers = {t for call, t in harness.threads if call == "write"}
+        assert len(writers) == 1, (
+            f"write was called from {len(writers)} threads: only the core calls write, "
+            "from the sink's worker (retry inside write or on your own thread instead)"
+        )
+        assert threads == writers, f"calls came from several threads: {harness.threads}"
+        assert threading.get_ident() not in threads
+        events = harness.events
+        last_write = len(events) - 1 - events[::-1].index("write returned")
+        assert "flush" in events[last_write:] and "close" in events[last_write:], events
+        self.assert_arrived(envelopes, read_back(), "after close, written from a worker")
 
     def test_unknown_config_key_is_an_error_naming_it(self, sink_config: dict[str, Any]) -> None:
         with pytest.raises(ConfigError) as err:

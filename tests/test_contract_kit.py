@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 import pytest
 from pydantic import ConfigDict
 
-from spark_sinks import Envelope, Sink, SinkConfig
+from spark_sinks import Envelope, Sink, SinkConfig, SinkError
 from spark_sinks.testing import SinkContract, SinkHarness, sample_envelopes
 
 DESTINATION: list[dict] = []
@@ -90,6 +90,24 @@ class ModifiesEnvelopes(MemorySink):
         super().write(envelopes)
 
 
+class RetriesOnItsOwnThread(MemorySink):
+    """Wrong: puts the first batch off and writes it again from a timer thread."""
+
+    def open(self) -> None:
+        self.retry: threading.Timer | None = None
+
+    def write(self, envelopes: Sequence[Envelope]) -> None:
+        if self.retry is None:
+            self.retry = threading.Timer(0.01, self.write, [envelopes])
+            self.retry.start()
+            return
+        super().write(envelopes)
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self.retry is not None:
+            self.retry.join()
+
+
 class LaxConfig(MemoryConfig):
     model_config = ConfigDict(extra="ignore")
 
@@ -125,13 +143,19 @@ def check(rule: str, sink_class: type[Sink]) -> None:
             contract.test_records_and_metadata_arrive_intact(
                 harness, lambda: list(DESTINATION), sample_envelopes()
             )
+        elif rule == "worker model":
+            contract.test_runs_under_the_worker_model(
+                harness, lambda: list(DESTINATION), sample_envelopes()
+            )
         elif rule == "unknown key":
             contract.test_unknown_config_key_is_an_error_naming_it({})
     finally:
         harness.abandon()
 
 
-@pytest.mark.parametrize("rule", ["acknowledged", "flush before close", "intact", "unknown key"])
+@pytest.mark.parametrize(
+    "rule", ["acknowledged", "flush before close", "intact", "worker model", "unknown key"]
+)
 @pytest.mark.parametrize("sink_class", [MemorySink, BufferedMemorySink])
 def test_correct_sinks_pass_every_rule(rule, sink_class):
     check(rule, sink_class)
@@ -146,12 +170,28 @@ def test_correct_sinks_pass_every_rule(rule, sink_class):
         ("flush before close", DeliversOnlyOnClose, "after flush returned, before close"),
         ("intact", Mangles, "arrived changed"),
         ("intact", ModifiesEnvelopes, "the sink modified envelopes"),
+        ("worker model", RetriesOnItsOwnThread, "write was called from 2 threads"),
         ("unknown key", IgnoresUnknownKeys, "DID NOT RAISE"),
     ],
 )
 def test_a_sink_breaking_a_rule_fails_that_check(rule, sink_class, message):
     with pytest.raises((AssertionError, pytest.fail.Exception), match=message):
         check(rule, sink_class)
+
+
+def test_harness_makes_every_call_on_one_worker_thread_and_raises_a_failing_write_again():
+    class Fails(MemorySink):
+        def write(self, envelopes: Sequence[Envelope]) -> None:
+            raise ConnectionError("down")
+
+    harness = SinkHarness(Fails, {})
+    harness.start()
+    with pytest.raises(SinkError, match="failed in write: ConnectionError: down"):
+        harness.write(sample_envelopes()[:3])
+    harness.stop()
+    assert harness.sink.stats.failed == 3
+    threads = {t for _, t in harness.threads}
+    assert len(threads) == 1 and threading.get_ident() not in threads
 
 
 def test_harness_reports_the_lifecycle_and_acknowledgements_in_order():

@@ -77,7 +77,7 @@ def test_the_guide_examples_own_tests_pass(guide_example):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^11 passed", result.stdout, re.M), result.stdout
+    assert re.search(r"^12 passed", result.stdout, re.M), result.stdout
 
 
 SQLITE_CONFIG = """\

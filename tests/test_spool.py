@@ -56,10 +56,18 @@ class AckLaterSink(Sink):
         return [e.data["seq"] for e in held]
 
 
+class Spooled(SpooledSink):
+    """Counts what it is given as accepted, as the dispatcher does."""
+
+    def write(self, envelopes):
+        self.stats.add("accepted", len(envelopes))
+        super().write(envelopes)
+
+
 def spooled(cls, tmp_path, **spool_kw):
     cfg = SpoolConfig(path=tmp_path, **spool_kw)
     inner = cls(SinkConfig(type=cls.type_name), SinkContext("s1", "gw"))
-    sink = SpooledSink(inner, Spool(tmp_path, "s1", cfg))
+    sink = Spooled(inner, Spool(tmp_path, "s1", cfg))
     sink.open()
     sink.check()
     return sink, inner
@@ -155,7 +163,8 @@ def test_full_spool_drops_oldest_unsent_when_configured_and_counts_them(tmp_path
 def test_corrupt_spool_file_is_set_aside_and_a_fresh_one_works(tmp_path, caplog):
     (tmp_path / "s1.spool.sqlite3").write_bytes(b"this is not a database" * 100)
     sink, inner = spooled(ListSink, tmp_path)
-    assert "is unreadable" in caplog.text
+    assert "is corrupt" in caplog.text and "LOST" in caplog.text
+    assert sink.stats.corrupt_spools == 1
     assert list(tmp_path.glob("s1.spool.sqlite3.corrupt-*"))
     sink.write(envs(3))
     sink.flush(5)

@@ -285,12 +285,9 @@ class FaultProxy:
             records = req["Records"]
         except (ValueError, KeyError, TypeError):
             return body, []
-        keep, throttled = [], []
-        for i, r in enumerate(records):
-            if self._draw("partial"):
-                throttled.append(i)
-            else:
-                keep.append(r)
+        throttled = self._choose_throttled(req, records)
+        marks = set(throttled)
+        keep = [r for i, r in enumerate(records) if i not in marks]
         if not throttled:
             return body, []
         self._count("entries_throttled", len(throttled))
@@ -299,6 +296,11 @@ class FaultProxy:
             return None, throttled
         req["Records"] = keep
         return json.dumps(req).encode(), throttled
+
+    def _choose_throttled(self, request: dict[str, Any], records: list[Any]) -> list[int]:
+        """Positions of the entries to refuse: a ``partial`` share, drawn per entry.
+        ``throttle.ThrottleProxy`` refuses by per-shard budgets instead."""
+        return [i for i in range(len(records)) if self._draw("partial")]
 
     def _splice(self, payload: bytes | None, throttled: list[int]) -> bytes:
         upstream = json.loads(payload) if payload else {"FailedRecordCount": 0, "Records": []}

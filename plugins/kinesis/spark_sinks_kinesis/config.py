@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from spark_sinks import SinkConfig
 
@@ -145,8 +145,24 @@ def normalize_region(value: str) -> str:
     return region
 
 
+class ShardLimitsConfig(BaseModel):
+    """``shard_limits``: what Kinesis lets one shard take per second. The defaults are
+    Kinesis's limits, the same for provisioned and on-demand streams."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    records_per_second: float = Field(1000.0, gt=0, le=1_000_000)
+    """A KPL aggregate counts as one record."""
+    bytes_per_second: int = Field(MiB, ge=1024, le=1024 * MiB)
+    """Data plus partition key; a KPL aggregate counts with its full size."""
+
+
 class KinesisConfig(SinkConfig):
     """``sinks.<name>`` with ``type: kinesis``."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+    """pydantic's own error text would repeat the input (a proxy URL with its password,
+    a secret key); the messages here name what is wrong without it."""
 
     type: Literal["kinesis"] = "kinesis"
 
@@ -232,6 +248,15 @@ class KinesisConfig(SinkConfig):
     limits apply to the compressed bytes. Consumers must then decompress: the one in
     ``consumer/`` tells the formats apart by their first bytes. ``zstd`` needs the
     ``zstandard`` package (``spark-sinks-kinesis[zstd]``)."""
+
+    rate_limit: bool = True
+    """Meter every shard's writes before sending, as Kinesis meters them
+    (``shard_limits``), and adapt to the throttling the stream answers. ``off``: send as
+    fast as the lanes go and rely on retries (for emulators that do not meter)."""
+    shard_limits: ShardLimitsConfig = ShardLimitsConfig.model_validate({})
+    shard_refresh_seconds: float = Field(60.0, ge=0.1, le=86_400)
+    """How often the shard map is listed again (besides when a write lands on a shard the
+    map does not know), to follow splits, merges and on-demand scaling."""
 
     @model_validator(mode="before")
     @classmethod

@@ -2,20 +2,27 @@
 
 Data flow::
 
-    write() --(partition key -> lane)--> lane queue --sender thread--> PutRecords
-       ^  blocks while max_buffered_bytes are held           |
+    write() --(partition key -> shard -> lane)--> shard queue --lane thread--> PutRecords
+       ^  blocks while max_buffered_bytes are held                  |
        +------------------- space freed <---- delivered / dead-lettered
 
-* Each partition key (host/machine) always maps to the same *lane*; a lane has one
-  sender thread and at most one PutRecords request in flight, so the records of one
-  machine leave in the order they were written. ``max_in_flight`` lanes run at once,
-  assigned by shard (ListShards at start) so that no two write to the same shard.
+* Each partition key (host/machine) maps to a shard, as Kinesis maps it (the MD5 of the
+  key on the hash key ranges from ListShards, ``shards.py``), and each shard to one
+  *lane*: a lane has one sender thread and at most one PutRecords request in flight, so
+  the records of one machine leave in the order they were written. ``max_in_flight``
+  lanes run at once; no two write to the same shard.
+* Each shard has its queue in its lane and, with ``rate_limit``, a meter (``rate.py``):
+  a request takes from each shard only what the shard's per-second limits allow.
+* When the stream's shards change (listed every ``shard_refresh_seconds``, or at once
+  when a record lands on a shard the map does not know), the lanes pause until no
+  request is out, and every queued record moves, in order, to its key's new shard.
 * A lane sends a batch when it holds ``max_batch_records`` records or
-  ``max_batch_bytes`` bytes, when its oldest record has waited ``linger_ms``, or at
-  once during a flush.
-* Only failed entries are retried: they go back to the *front* of their lane and lead
-  the next request, after a backoff with full jitter. Only records accepted in a
-  request where a record failed can overtake it (those behind it in that request).
+  ``max_batch_bytes`` bytes, when a shard's oldest record has waited ``linger_ms``, or
+  at once during a flush.
+* Only failed entries are retried: they go back to the *front* of their shard's queue
+  and lead the next request, after a backoff with full jitter (for throttled entries of
+  a metered shard: after the shard's meter lets it send again). Only records accepted
+  in a request where a record failed can overtake it (those behind it in that request).
 * Records Kinesis can never accept go to the dead letter, with the reason.
 * With ``aggregation: kpl`` a request carries KPL aggregates instead: each holds the
   leading queued records of one partition key, and a request holds at most one aggregate
@@ -26,28 +33,29 @@ Data flow::
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import logging
 import random
 import re
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from spark_sinks import CONNECTION_TEST, Envelope, Sink, SinkError, timefmt
 
 from . import aggregation, compression, wire
 from .config import KinesisConfig
 from .keys import partition_key
+from .rate import Sent, ShardLimits, ShardMeter
+from .shards import ShardMap, hash_key, list_open_shards
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("ACTIVE", "UPDATING")
 
+THROTTLED = "ProvisionedThroughputExceededException"
 RETRYABLE_ENTRY_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "InternalFailure", "KMSThrottlingException"}
 )
@@ -84,15 +92,70 @@ CREDENTIAL_CODES = frozenset(
 ACCESS_CODES = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
 _LOG_EVERY = 10.0
+_MIN_REFRESH_SECONDS = 1.0
 _AGG_SCAN_SKIPS = 5_000
 """While building aggregates, stop scanning a lane's queue after passing over this many
 records of keys whose aggregate is already full (bounds the time the lock is held)."""
-
-Entry = tuple[Envelope, bytes, str, int, float]
-"""A queued record: ``(envelope, data, partition key, size, t_enqueued)``; ``size`` is
-the bytes of data and key."""
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+
+
+@dataclass(slots=True, eq=False)
+class Route:
+    """Where the records of one partition key go; one per key, made by ``_route`` and
+    moved to the new shard by ``_apply_shard_map`` (under the sink's lock)."""
+
+    key: str
+    key_bytes: int
+    """Length of the key in UTF-8, as Kinesis counts it."""
+    hash_key: int
+    """The MD5 of the key, which picks its shard."""
+    shard: _Shard
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """A queued record."""
+
+    envelope: Envelope
+    data: bytes
+    """The envelope's JSON: the Kinesis record data."""
+    route: Route
+    """Its partition key and where it goes."""
+    size: int
+    """Bytes of data and partition key, as Kinesis counts them (and ``max_buffered_bytes``)."""
+    enqueued: float
+    """Monotonic time ``write`` queued it (for ``linger_ms``)."""
+
+
+@dataclass(slots=True, eq=False)
+class Aggregate:
+    """One Kinesis record built from the leading queued records of one key: a KPL
+    aggregate, or the record itself when it is alone (``aggregation: kpl``)."""
+
+    members: list[Entry]
+    data: bytes
+    route: Route
+    size: int
+    """Bytes of data and partition key of the Kinesis record."""
+
+
+Unit = TypeVar("Unit", Entry, Aggregate)
+"""What one PutRecords entry carries: a record, or an aggregate of records."""
+
+
+class Refused(NamedTuple):
+    """An entry a shard refused for throttling: its shard and size."""
+
+    shard: _Shard
+    size: int
+
+
+class Rejected(NamedTuple, Generic[Unit]):
+    """A unit Kinesis can never accept, and why."""
+
+    unit: Unit
+    reason: str
 
 
 def error_code(exc: Any) -> tuple[str, str, int | None]:
@@ -114,15 +177,55 @@ def error_code(exc: Any) -> tuple[str, str, int | None]:
     return code, msg, status if isinstance(status, int) else None
 
 
-class _Lane:
-    """One sender thread and its queue of entries ``(envelope, data, key, size, t_enqueued)``."""
+class _Shard:
+    """One shard's records in its lane, in the order written, and the shard's meter
+    (None without rate limiting). Without a shard map, a lane has one such queue."""
 
-    __slots__ = ("attempt", "bytes", "cond", "index", "queue", "retry_at", "split", "thread")
+    __slots__ = ("bytes", "lane", "meter", "queue", "shard_id", "version")
+
+    def __init__(
+        self, shard_id: str | None, lane: _Lane, meter: ShardMeter | None, version: int = 0
+    ) -> None:
+        self.shard_id = shard_id
+        self.version = version
+        """The shard map it belongs to (``KinesisSink._version``)."""
+        self.lane = lane
+        self.meter = meter
+        self.queue: deque[Entry] = deque()
+        self.bytes = 0
+
+
+class _Lane:
+    """One sender thread, the shards it writes, and its backoff. Everything here belongs
+    to the sink's lock."""
+
+    __slots__ = (
+        "attempt",
+        "busy",
+        "bytes",
+        "cond",
+        "count",
+        "index",
+        "next",
+        "retry_at",
+        "shards",
+        "split",
+        "thread",
+        "tickets",
+    )
 
     def __init__(self, index: int, lock: threading.Lock) -> None:
         self.index = index
-        self.queue: deque[tuple[Envelope, bytes, str, int, float]] = deque()
+        self.shards: list[_Shard] = [_Shard(None, self, None)]
+        self.next = 0
+        """The shard served first in the next request (they take turns)."""
+        self.count = 0
+        """Records queued in the lane's shards."""
         self.bytes = 0
+        self.busy = False
+        """A request of this lane is out, or its outcome not yet settled."""
+        self.tickets: dict[_Shard, Sent] = {}
+        """What the request out carries to each metered shard, as its meter logged it."""
         self.cond = threading.Condition(lock)
         self.thread: threading.Thread | None = None
         self.attempt = 0
@@ -133,19 +236,113 @@ class _Lane:
         """Batch size limit while isolating a record that makes whole requests invalid."""
 
 
-class _Outcome:
-    __slots__ = ("dead", "delivered", "freed", "requeue", "slow", "split")
+@dataclass(slots=True, eq=False)
+class _Outcome(Generic[Unit]):
+    """What became of the units of one request."""
 
-    def __init__(self) -> None:
-        self.delivered: list[Envelope] = []
-        self.dead: list[tuple[Envelope, str]] = []
-        self.requeue: list[tuple[Envelope, bytes, str, int, float]] = []
-        self.freed = 0
-        """Bytes of the delivered and dead-lettered records."""
-        self.slow = False
-        """The failure needs an operator (credentials, permissions, missing stream)."""
-        self.split = False
-        """The request was invalid as a whole: resend in halves, without backoff."""
+    delivered: list[Unit] = field(default_factory=list)
+    dead: list[Rejected[Unit]] = field(default_factory=list)
+    requeue: list[Unit] = field(default_factory=list)
+    slow: bool = False
+    """The failure needs an operator (credentials, permissions, missing stream)."""
+    split: bool = False
+    """The request was invalid as a whole: resend in halves, without backoff."""
+    throttled: list[Refused] = field(default_factory=list)
+    """Each entry refused with ProvisionedThroughputExceededException."""
+    throttled_only: bool = False
+    """Every failure was a shard's throttling: the shards' meters pace the retry."""
+
+
+class _AggregatePicker:
+    """Picks one request's aggregates from shard queues (holding the sink's lock): for
+    each key, in order of first appearance in its shard's queue, its leading records
+    that fit in one aggregate."""
+
+    def __init__(self, budget: int, limit: int) -> None:
+        self.budget = budget
+        """``max_batch_bytes``."""
+        self.limit = limit
+        """Aggregates (keys) in the request."""
+        self.groups: dict[str, list[Entry]] = {}
+        self.request = 0
+        """Bytes of the request, counting every group as an aggregate."""
+        self.taken_bytes = 0
+        """Bytes of the records taken, as counted in the queues."""
+        self.taken_records = 0
+        self.full = False
+        """The request can take nothing more."""
+
+    def take(self, shard: _Shard, cap: int) -> Sent | None:
+        """Take from ``shard`` aggregates of at most ``cap`` bytes, as far as the request
+        and the shard's meter allow; what is passed over stays queued in order. Returns
+        what the meter logged."""
+        q = shard.queue
+        meter = shard.meter
+        entry_bytes = aggregation.entry_bytes
+        groups = self.groups
+        sizes: dict[str, int] = {}
+        """Size of each key's aggregate (data plus key); absent once the key is full."""
+        skipped: list[Entry] = []
+        units = 0  # this shard's aggregates in the request
+        spent = 0  # and their bytes
+        taken = 0
+        count = 0
+        while q:
+            e = q[0]
+            key = e.route.key
+            size = sizes.get(key)
+            if size is None:
+                if key in groups or len(groups) >= self.limit:
+                    # this key's aggregate is full, or the request has no room for another
+                    skipped.append(q.popleft())
+                    if len(skipped) > _AGG_SCAN_SKIPS or (len(groups) >= self.limit and not sizes):
+                        break
+                    continue
+                klen = e.route.key_bytes
+                size = aggregation.overhead_bytes(klen) + klen + entry_bytes(len(e.data))
+                if groups and self.request + size > self.budget:
+                    self.full = True
+                    break
+                if meter is not None and not meter.admits(units + 1, spent + size):
+                    break
+                q.popleft()
+                groups[key] = [e]
+                units += 1
+                spent += size
+                taken += e.size
+                count += 1
+                self.request += size
+                if size < cap:
+                    sizes[key] = size
+                # else: alone it is sent as a plain record (e.size <= max_record_bytes)
+                continue
+            inc = entry_bytes(len(e.data))
+            if size + inc > cap:
+                del sizes[key]
+                skipped.append(q.popleft())
+                if len(groups) >= self.limit and not sizes:
+                    break  # every aggregate of this request is full
+                continue
+            if self.request + inc > self.budget:
+                self.full = True
+                break
+            if meter is not None and not meter.admits(units, spent + inc):
+                break
+            q.popleft()
+            groups[key].append(e)
+            sizes[key] = size + inc
+            spent += inc
+            taken += e.size
+            count += 1
+            self.request += inc
+        if skipped:
+            q.extendleft(reversed(skipped))
+        shard.bytes -= taken
+        self.taken_bytes += taken
+        self.taken_records += count
+        if len(groups) >= self.limit:
+            self.full = True
+        return None if meter is None else meter.spend(units, spent)
 
 
 class KinesisSink(Sink):
@@ -155,7 +352,7 @@ class KinesisSink(Sink):
 
     config: KinesisConfig
 
-    def __init__(self, config: KinesisConfig, context: Any) -> None:  # type: ignore[override]
+    def __init__(self, config: KinesisConfig, context: Any) -> None:
         super().__init__(config, context)
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
@@ -167,8 +364,19 @@ class KinesisSink(Sink):
         """Bytes (data + partition keys) of the records held."""
         self._flushing = 0
         self._abort = False
-        self._keys: dict[tuple[str, str | None], tuple[str, int, _Lane]] = {}
-        self._shard_starts: list[int] | None = None
+        self._routes: dict[tuple[str, str | None], Route] = {}
+        """Added to by ``write`` (one caller at a time) without the lock; its routes'
+        shards are changed under the lock."""
+        self._version = 0
+        """Bumped with every new shard map (under the lock)."""
+        self._map: ShardMap | None = None
+        """The open shards the lanes follow; None when ListShards is not allowed."""
+        self._pausing = False
+        """A new shard map is being applied: lanes take nothing new meanwhile."""
+        self._refresh = threading.Event()
+        """Set to have the shard watcher list the shards now."""
+        self._closing = threading.Event()
+        self._watcher: threading.Thread | None = None
         self._client: Any = None
         self._endpoint = config.endpoint_url
         self._stream = config.stream
@@ -228,8 +436,7 @@ class KinesisSink(Sink):
             )
         shards = summary.get("OpenShardCount")
         text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
-        if len(self._lanes) > 1:
-            self._load_shard_map()
+        self._load_shard_map()
         if not cfg.connection_test:
             self.log.info("%s; %d lanes", text, len(self._lanes))
             return text
@@ -290,30 +497,35 @@ class KinesisSink(Sink):
         cfg = self.config
         max_record = cfg.max_record_bytes
         bound = cfg.max_buffered_bytes
-        keys = self._keys
+        routes = self._routes
         now = time.monotonic()
-        entries = []
+        entries: list[Entry] = []
         for env in envelopes:
             data = env.to_json()
-            k = keys.get((env.host, env.machine))
-            if k is None:
-                k = self._key(env.host, env.machine)
+            route = routes.get((env.host, env.machine))
+            if route is None:
+                route = self._route(env.host, env.machine)
             if self._compress_each:
-                packed = self._packed(env, data, k[1])
+                packed = self._packed(env, data, route.key_bytes)
                 if packed is None:
                     continue
                 data = packed
-            size = len(data) + k[1]
-            if size > max_record and not self._fits_compressed(env, data, k[1]):
+            size = len(data) + route.key_bytes
+            if size > max_record and not self._fits_compressed(env, data, route.key_bytes):
                 continue
-            entries.append((env, data, k[0], size, k[2]))
+            entries.append(Entry(env, data, route, size, now))
         if not entries:
             return
         stopping = self.context.stopping
         shutdown = self.context.shutdown
         touched: set[_Lane] = set()
         with self._lock:
-            for env, data, key, size, lane in entries:
+            for e in entries:
+                size = e.size
+                shard = e.route.shard
+                if shard.version != self._version:  # routed while the map changed
+                    shard = e.route.shard = self._shard_at(self._map_index(e.route.hash_key))
+                lane = shard.lane
                 if self._buffered + size > bound and self._buffered:
                     for t in touched:
                         t.cond.notify()
@@ -324,8 +536,10 @@ class KinesisSink(Sink):
                         if stopping.is_set() or shutdown.is_set():
                             break
                         self._not_full.wait(0.2)
-                lane.queue.append((env, data, key, size, now))
+                shard.queue.append(e)
+                shard.bytes += size
                 lane.bytes += size
+                lane.count += 1
                 self._buffered += size
                 self._pending += 1
                 touched.add(lane)
@@ -362,6 +576,8 @@ class KinesisSink(Sink):
             )
 
     def close(self) -> None:
+        self._closing.set()
+        self._refresh.set()
         with self._lock:
             self._abort = True
             left = self._pending
@@ -369,9 +585,10 @@ class KinesisSink(Sink):
                 lane.cond.notify_all()
             self._not_full.notify_all()
         deadline = time.monotonic() + 2.0
-        for lane in self._lanes:
-            if lane.thread is not None:
-                lane.thread.join(max(0.0, deadline - time.monotonic()))
+        threads = [lane.thread for lane in self._lanes] + [self._watcher]
+        for thread in threads:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         if left:
             self.log.error(
                 "closed with %d records not delivered to stream %r", left, self.config.stream_name
@@ -429,222 +646,323 @@ class KinesisSink(Sink):
     # -- sending ------------------------------------------------------------------------
 
     def _load_shard_map(self) -> None:
-        """Learn the open shards' hash ranges so that each shard is written by one lane
-        only (concurrent requests then never touch the same shard)."""
-        starts: list[int] = []
+        """Learn the open shards' hash ranges: each shard is then written by one lane
+        only (concurrent requests never touch the same shard) and metered. Then watch
+        for changes."""
         try:
-            kwargs: dict[str, Any] = dict(self._stream)
-            while True:
-                resp = self._client.list_shards(**kwargs)
-                for shard in resp.get("Shards", []):
-                    if "EndingSequenceNumber" not in shard.get("SequenceNumberRange", {}):
-                        starts.append(int(shard["HashKeyRange"]["StartingHashKey"]))
-                token = resp.get("NextToken")
-                if not token:
-                    break
-                kwargs = {"NextToken": token}
+            shards = list_open_shards(self._client, self._stream)
         except Exception as exc:
             self.log.warning(
-                "cannot list the shards (%s); lanes are chosen by partition key instead",
+                "cannot list the shards (%s); lanes are chosen by partition key instead, "
+                "and no shard rate limits are applied",
                 self._explain(exc, "ListShards"),
             )
             return
-        self._shard_starts = sorted(starts) or None
+        if shards:
+            self._apply_shard_map(ShardMap(shards))
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch_shards, name=f"kinesis-{self.name}-shards", daemon=True
+            )
+            self._watcher.start()
 
-    def _key(self, host: str, machine: str | None) -> tuple[str, int, _Lane]:
+    def _watch_shards(self) -> None:
+        """List the shards every ``shard_refresh_seconds``, or at once when a write landed
+        on a shard the map does not know; apply a changed map."""
+        period = self.config.shard_refresh_seconds
+        failed = False
+        while not self._halted():
+            self._refresh.wait(period)
+            # at most one listing a second, however many writes hit unknown shards
+            if self._closing.wait(_MIN_REFRESH_SECONDS) or self._halted():
+                return
+            self._refresh.clear()
+            try:
+                shards = list_open_shards(self._client, self._stream)
+            except Exception as exc:
+                if not failed:  # keep the current map; say so once per failure spell
+                    self.log.warning(
+                        "cannot list the shards to follow a resharding (%s); "
+                        "keeping the current shard map",
+                        self._explain(exc, "ListShards"),
+                    )
+                failed = True
+                continue
+            failed = False
+            current = self._map
+            if shards and (current is None or current.ids != {s.shard_id for s in shards}):
+                new = ShardMap(shards)
+                self.log.info(
+                    "the stream's shards changed: %d open shards now (%d before)",
+                    len(new),
+                    0 if current is None else len(current),
+                )
+                self._apply_shard_map(new)
+
+    def _apply_shard_map(self, new: ShardMap) -> None:
+        """Make lanes, queues and meters follow ``new``. The lanes pause until no request
+        is out, then every queued record moves, in order, to its key's new shard: one
+        key's records keep their order, and none is sent twice or lost."""
+        cfg = self.config
+        limits = ShardLimits(cfg.shard_limits.records_per_second, cfg.shard_limits.bytes_per_second)
+        with self._lock:
+            self._pausing = True
+            try:
+                while any(lane.busy for lane in self._lanes):
+                    if self._halted():
+                        return
+                    self._idle.wait(0.2)
+                self._rebuild_shards(new, limits)
+            finally:
+                self._pausing = False
+                for lane in self._lanes:
+                    lane.cond.notify()
+
+    def _rebuild_shards(self, new: ShardMap, limits: ShardLimits) -> None:
+        """(Holding the lock, no request out.) New per-shard queues; a shard that stays
+        keeps its meter."""
+        now = time.monotonic()
+        self._version += 1
+        meters = {sh.shard_id: sh.meter for lane in self._lanes for sh in lane.shards if sh.meter}
+        lanes = self._lanes
+        old = [sh for lane in lanes for sh in lane.shards]
+        shards: list[_Shard] = []
+        for i, rng in enumerate(new.shards):
+            lane = lanes[i % len(lanes)]
+            meter = None
+            if self.config.rate_limit:
+                meter = meters.get(rng.shard_id) or ShardMeter(limits, now)
+            shards.append(_Shard(rng.shard_id, lane, meter, self._version))
+        for lane in lanes:
+            lane.shards = [sh for sh in shards if sh.lane is lane]
+            lane.next = 0
+            lane.bytes = 0
+            lane.count = 0
+        self._map = new
+        for route in list(self._routes.values()):  # write may add one meanwhile
+            route.shard = shards[new.index(route.hash_key)]
+        for sh in old:
+            for e in sh.queue:
+                target = e.route.shard
+                target.queue.append(e)
+                target.bytes += e.size
+                target.lane.bytes += e.size
+                target.lane.count += 1
+
+    def _route(self, host: str, machine: str | None) -> Route:
         key = partition_key(host, machine)
         raw = key.encode("utf-8")
-        starts = self._shard_starts
-        if starts:
-            # Kinesis maps the MD5 of the key onto the shards' hash ranges
-            shard = (
-                bisect.bisect_right(
-                    starts, int.from_bytes(hashlib.md5(raw, usedforsecurity=False).digest(), "big")
-                )
-                - 1
-            )
-            lane = self._lanes[max(shard, 0) % len(self._lanes)]
-        else:
-            lane = self._lanes[zlib.crc32(raw) % len(self._lanes)]
-        k = (key, len(raw), lane)
-        self._keys[(host, machine)] = k
-        return k
+        key_hash = hash_key(key)
+        route = Route(key, len(raw), key_hash, self._shard_at(self._map_index(key_hash)))
+        self._routes[(host, machine)] = route
+        return route
+
+    def _map_index(self, key_hash: int) -> int:
+        """Kinesis maps the MD5 of the key onto the shards' hash ranges; without a map,
+        the key picks a lane."""
+        if self._map is None:
+            return (key_hash >> 96) % len(self._lanes)
+        return self._map.index(key_hash)
+
+    def _shard_at(self, index: int) -> _Shard:
+        lane = self._lanes[index % len(self._lanes)]
+        return lane.shards[index // len(self._lanes)]
 
     def _halted(self) -> bool:
         return self._abort or self.context.stopping.is_set()
 
-    def _next_batch(self, lane: _Lane) -> list[Any] | None:
-        """Wait (holding the lock) until the lane should send; None means exit."""
-        cfg = self.config
-        max_records = cfg.max_batch_records
-        max_bytes = cfg.max_batch_bytes
-        linger = cfg.linger_ms / 1000.0
-        q = lane.queue
+    def _wait_to_send(self, lane: _Lane) -> list[_Shard] | None:
+        """Wait (holding the lock) until the lane should send; the shards to take records
+        from, the first one first; None means exit.
+
+        A lane sends once it holds ``max_batch_records`` or its send bytes, when a shard's
+        oldest record has waited ``linger_ms``, or during a flush; then every shard whose
+        meter lets it send joins the request."""
+        linger = self.config.linger_ms / 1000.0
+        max_records = self.config.max_batch_records
         while True:
             if self._halted():
                 return None
-            if not q:
+            now = time.monotonic()
+            if self._pausing or not lane.count:
                 lane.cond.wait(0.5)
                 continue
-            now = time.monotonic()
             if lane.retry_at > now:
                 lane.cond.wait(min(lane.retry_at - now, 0.2))
                 continue
-            if (
-                (len(q) >= max_records and not self._aggregate)
+            due = (
+                (lane.count >= max_records and not self._aggregate)
                 or lane.bytes >= self._send_bytes
-                or self._flushing
-                or now - q[0][4] >= linger
+                or self._flushing > 0
+            )
+            wait = 0.5
+            if not due:
+                oldest = min(sh.queue[0].enqueued for sh in lane.shards if sh.queue)
+                due = now - oldest >= linger
+                wait = linger - (now - oldest)
+            if due:
+                ready = self._ready_shards(lane, now)
+                if ready:
+                    return ready
+                wait = min(
+                    sh.meter.wait_for(now, len(sh.queue), sh.bytes, sh.queue[0].size)
+                    for sh in lane.shards
+                    if sh.queue and sh.meter is not None
+                )
+            lane.cond.wait(min(max(wait, 0.001), 0.5))
+
+    @staticmethod
+    def _ready_shards(lane: _Lane, now: float) -> list[_Shard]:
+        """The lane's shards with records that their meters let go now, starting with
+        the one whose turn it is."""
+        shards = lane.shards
+        n = len(shards)
+        ready = []
+        for i in range(n):
+            sh = shards[(lane.next + i) % n]
+            if sh.queue and (
+                sh.meter is None
+                or sh.meter.wait_for(now, len(sh.queue), sh.bytes, sh.queue[0].size) <= 0
             ):
+                ready.append(sh)
+        if ready:
+            lane.next = (lane.next + 1) % n
+        return ready
+
+    def _take_records(self, lane: _Lane, shards: list[_Shard], limit: int) -> list[Entry]:
+        """The leading queued records of ``shards``, up to ``limit``, ``max_batch_bytes``
+        and what each shard's meter admits (holding the lock)."""
+        max_bytes = self.config.max_batch_bytes
+        batch: list[Entry] = []
+        total = 0
+        for sh in shards:
+            q = sh.queue
+            meter = sh.meter
+            taken = 0
+            count = 0
+            while q and len(batch) < limit:
+                size = q[0].size
+                if batch and total + size > max_bytes:
+                    break
+                if meter is not None and not meter.admits(count + 1, taken + size):
+                    break
+                batch.append(q.popleft())
+                total += size
+                taken += size
+                count += 1
+            sh.bytes -= taken
+            if meter is not None:
+                self._ticket(lane, sh, meter.spend(count, taken))
+            if len(batch) >= limit or (q and total + q[0].size > max_bytes):
                 break
-            lane.cond.wait(min(linger - (now - q[0][4]), 0.2))
-        limit = max_records if lane.split is None else lane.split
-        if self._aggregate:
-            return self._take_aggregates(lane, limit)
-        batch = [q.popleft()]
-        total = batch[0][3]
-        while q and len(batch) < limit and total + q[0][3] <= max_bytes:
-            e = q.popleft()
-            total += e[3]
-            batch.append(e)
         lane.bytes -= total
+        lane.count -= len(batch)
         return batch
 
-    def _take_aggregates(self, lane: _Lane, limit: int) -> list[list[Entry]]:
+    def _take_aggregates(self, lane: _Lane, shards: list[_Shard], limit: int) -> list[list[Entry]]:
         """Aggregation mode (holding the lock): for each key, in order of first appearance
-        in the queue, take its leading records that fit in one aggregate of at most
-        ``max_record_bytes``; at most ``limit`` keys and ``max_batch_bytes`` per request.
-        What is not taken stays queued in its order, so each key's taken records are the
-        oldest of that key."""
-        cfg = self.config
-        max_record = cfg.max_record_bytes
-        budget = cfg.max_batch_bytes
-        entry_bytes = aggregation.entry_bytes
-        q = lane.queue
-        groups: dict[str, list[Entry]] = {}
-        sizes: dict[str, int] = {}
-        """Size of each key's aggregate (data plus key); absent once the key is full."""
-        skipped: list[Entry] = []
-        taken = 0  # bytes of the records taken, as counted in lane.bytes
-        request = 0  # bytes of the request, counting every group as an aggregate
-        while q:
-            e = q[0]
-            key = e[2]
-            size = sizes.get(key)
-            if size is None:
-                if key in groups or len(groups) >= limit:
-                    # this key's aggregate is full, or the request has no room for another
-                    skipped.append(q.popleft())
-                    if len(skipped) > _AGG_SCAN_SKIPS or (len(groups) >= limit and not sizes):
-                        break
-                    continue
-                klen = e[3] - len(e[1])
-                size = aggregation.overhead_bytes(klen) + klen + entry_bytes(len(e[1]))
-                if groups and request + size > budget:
-                    break
-                q.popleft()
-                groups[key] = [e]
-                taken += e[3]
-                request += size
-                if size < max_record:
-                    sizes[key] = size
-                # else: alone it is sent as a plain record (e[3] <= max_record_bytes)
-                continue
-            inc = entry_bytes(len(e[1]))
-            if size + inc > max_record:
-                del sizes[key]
-                skipped.append(q.popleft())
-                if len(groups) >= limit and not sizes:
-                    break  # every aggregate of this request is full
-                continue
-            if request + inc > budget:
+        in its shard's queue, take its leading records that fit in one aggregate of at
+        most ``max_record_bytes``; at most ``limit`` keys and ``max_batch_bytes`` per
+        request, and what each shard's meter admits. What is not taken stays queued in
+        its order, so each key's taken records are the oldest of that key."""
+        picker = _AggregatePicker(self.config.max_batch_bytes, limit)
+        for sh in shards:
+            cap = self.config.max_record_bytes
+            if sh.meter is not None:
+                # small aggregates keep the shard's pace even (one is one record, of its size)
+                cap = min(cap, max(int(sh.meter.burst_bytes), 1024))
+            self._ticket(lane, sh, picker.take(sh, cap))
+            if picker.full:
                 break
-            q.popleft()
-            groups[key].append(e)
-            sizes[key] = size + inc
-            taken += e[3]
-            request += inc
-        if skipped:
-            q.extendleft(reversed(skipped))
-        lane.bytes -= taken
-        return list(groups.values())
+        lane.bytes -= picker.taken_bytes
+        lane.count -= picker.taken_records
+        return list(picker.groups.values())
 
-    def _encode(self, groups: list[list[Entry]]) -> list[Any]:
-        """One Kinesis record per group, shaped like an entry whose first item is the group:
-        a KPL aggregate, or the plain record when the group has one record; compressed
-        with ``compression``."""
-        units: list[Any] = []
+    @staticmethod
+    def _ticket(lane: _Lane, shard: _Shard, sent: Sent | None) -> None:
+        if sent is not None:
+            lane.tickets[shard] = sent
+
+    def _encode(self, groups: list[list[Entry]]) -> list[Aggregate]:
+        """One Kinesis record per group: a KPL aggregate, or the plain record when the
+        group has one record; compressed with ``compression``."""
+        units: list[Aggregate] = []
         for members in groups:
-            first = members[0]
-            key = first[2]
+            route = members[0].route
             if len(members) == 1:
-                klen = first[3] - len(first[1])
-                data = self._pack_unit(first[1], klen)
-                units.append((members, data, key, len(data) + klen, first[4]))
-                continue
-            raw = key.encode("utf-8")
-            data = self._pack_unit(aggregation.encode(raw, [m[1] for m in members]), len(raw))
-            units.append((members, data, key, len(data) + len(raw), first[4]))
+                raw = members[0].data
+            else:
+                raw = aggregation.encode(route.key.encode("utf-8"), [m.data for m in members])
+            data = self._pack_unit(raw, route.key_bytes)
+            units.append(Aggregate(members, data, route, len(data) + route.key_bytes))
         return units
 
     @staticmethod
-    def _expand(out: _Outcome) -> None:
-        """Turn an outcome over aggregates into one over their records."""
-        delivered: list[Envelope] = []
-        freed = 0
-        for members in out.delivered:
-            delivered.extend([m[0] for m in members])  # type: ignore[union-attr]
-            freed += sum([m[3] for m in members])  # type: ignore[union-attr]
-        dead: list[tuple[Envelope, str]] = []
-        for members, reason in out.dead:
-            for m in members:  # type: ignore[union-attr]
-                dead.append((m[0], reason))
-                freed += m[3]
-        out.delivered = delivered
-        out.dead = dead
-        out.requeue = [m for unit in out.requeue for m in unit[0]]  # type: ignore[union-attr]
-        out.freed = freed
+    def _expand(out: _Outcome[Aggregate]) -> _Outcome[Entry]:
+        """The outcome over aggregates as one over their records."""
+        return _Outcome(
+            delivered=[m for unit in out.delivered for m in unit.members],
+            dead=[Rejected(m, r.reason) for r in out.dead for m in r.unit.members],
+            requeue=[m for unit in out.requeue for m in unit.members],
+            slow=out.slow,
+            split=out.split,
+            throttled=out.throttled,
+            throttled_only=out.throttled_only,
+        )
 
     def _run_lane(self, lane: _Lane) -> None:
+        max_records = self.config.max_batch_records
         while True:
             with self._lock:
-                batch = self._next_batch(lane)
-            if batch is None:
-                return
-            units: Any = batch
-            try:
+                shards = self._wait_to_send(lane)
+                if shards is None:
+                    return
+                limit = max_records if lane.split is None else lane.split
                 if self._aggregate:
-                    units = self._encode(batch)  # type: ignore[arg-type]
-                outcome = self._send(lane, units)
-            except Exception as exc:  # a bug must not lose records: keep them, retry slowly
-                log.exception("unexpected error in the Kinesis sender")
-                self.stats.error(f"unexpected error in the sender: {type(exc).__name__}: {exc}")
-                outcome = _Outcome()
-                outcome.requeue = units
-                outcome.slow = True
-            if self._aggregate:
-                if units is batch:  # encoding failed: requeue the records as they were
-                    outcome.requeue = [m for g in batch for m in g]  # type: ignore[union-attr]
+                    groups = self._take_aggregates(lane, shards, limit)
                 else:
-                    self._expand(outcome)
+                    batch = self._take_records(lane, shards, limit)
+                lane.busy = True
+            if self._aggregate:
+                outcome = self._send_aggregates(lane, groups)
+            else:
+                outcome = self._send_guarded(lane, batch)
             self._settle(lane, outcome)
 
-    def _send(self, lane: _Lane, batch: list[tuple[Envelope, bytes, str, int, float]]) -> _Outcome:
+    def _send_aggregates(self, lane: _Lane, groups: list[list[Entry]]) -> _Outcome[Entry]:
+        try:
+            units = self._encode(groups)
+        except Exception as exc:  # a bug must not lose records: keep them, retry slowly
+            self._unexpected(exc)
+            return _Outcome(requeue=[m for g in groups for m in g], slow=True)
+        return self._expand(self._send_guarded(lane, units))
+
+    def _send_guarded(self, lane: _Lane, units: list[Unit]) -> _Outcome[Unit]:
+        try:
+            return self._send(lane, units)
+        except Exception as exc:  # a bug must not lose records: keep them, retry slowly
+            self._unexpected(exc)
+            return _Outcome(requeue=units, slow=True)
+
+    def _unexpected(self, exc: Exception) -> None:
+        log.exception("unexpected error in the Kinesis sender")
+        self.stats.error(f"unexpected error in the sender: {type(exc).__name__}: {exc}")
+
+    def _send(self, lane: _Lane, batch: list[Unit]) -> _Outcome[Unit]:
         from botocore.exceptions import ClientError
 
-        out = _Outcome()
+        out: _Outcome[Unit] = _Outcome()
         try:
             resp = self._client.put_records(
                 **self._stream,
-                Records=[{"Data": e[1], "PartitionKey": e[2]} for e in batch],
+                Records=[{"Data": u.data, "PartitionKey": u.route.key} for u in batch],
             )
         except ClientError as exc:
             code, msg, status = error_code(exc)
             if code in INVALID_CODES and not (status and status >= 500):
                 if len(batch) == 1:
                     reason = f"rejected by Kinesis: {code}: {msg}".rstrip(": ")
-                    out.dead.append((batch[0][0], reason))
-                    out.freed = batch[0][3]
+                    out.dead.append(Rejected(batch[0], reason))
                     return out
                 # Some record makes the whole request invalid: halve until it stands alone.
                 lane.split = max(1, len(batch) // 2)
@@ -666,55 +984,83 @@ class KinesisSink(Sink):
             return out
 
         results = resp.get("Records") or []
-        if not resp.get("FailedRecordCount") and len(results) == len(batch):
-            out.delivered = [e[0] for e in batch]
-            out.freed = sum([e[3] for e in batch])
-            return out
         if len(results) != len(batch):  # a malformed answer: assume nothing was stored
             out.requeue = batch
             self._note("malformed", "PutRecords answered with a wrong number of entries")
             return out
+        self._notice_new_shards(results)
+        if not resp.get("FailedRecordCount"):
+            out.delivered = batch
+            return out
+        self._sort_answers(batch, results, out)
+        return out
+
+    def _notice_new_shards(self, results: list[dict[str, Any]]) -> None:
+        """A record stored on a shard the map does not know means the stream was
+        resharded: have the watcher list the shards."""
+        known = self._map
+        if known is None:
+            return
+        ids = known.ids
+        for r in results:
+            shard_id = r.get("ShardId")
+            if shard_id is not None and shard_id not in ids:
+                self._refresh.set()
+                return
+
+    def _sort_answers(
+        self, batch: list[Unit], results: list[dict[str, Any]], out: _Outcome[Unit]
+    ) -> None:
+        """The outcome of each entry of a partly failed request."""
         codes: dict[str, int] = {}
-        for e, r in zip(batch, results, strict=True):
+        for u, r in zip(batch, results, strict=True):
             code = r.get("ErrorCode")
             if not code:
-                out.delivered.append(e[0])
-                out.freed += e[3]
+                out.delivered.append(u)
             elif code in INVALID_CODES:
-                out.dead.append((e[0], f"rejected by Kinesis: {code}: {r.get('ErrorMessage')}"))
-                out.freed += e[3]
+                out.dead.append(
+                    Rejected(u, f"rejected by Kinesis: {code}: {r.get('ErrorMessage')}")
+                )
             else:
-                out.requeue.append(e)
+                out.requeue.append(u)
                 codes[code] = codes.get(code, 0) + 1
-                if code not in RETRYABLE_ENTRY_CODES:
+                if code == THROTTLED:
+                    out.throttled.append(Refused(u.route.shard, u.size))
+                elif code not in RETRYABLE_ENTRY_CODES:
                     out.slow = True
+        out.throttled_only = len(out.throttled) == len(out.requeue)
         if codes:
             detail = ", ".join(f"{n} {c}" for c, n in sorted(codes.items()))
             self._note(
                 "partial", f"PutRecords: {len(out.requeue)} of {len(batch)} failed ({detail})"
             )
-        return out
 
-    def _settle(self, lane: _Lane, out: _Outcome) -> None:
+    def _settle(self, lane: _Lane, out: _Outcome[Entry]) -> None:
         """Report outcomes, then release the space (so a flush never returns early)."""
         try:
             if out.delivered:
-                self.context.delivered(out.delivered)
-            for env, reason in out.dead:
-                self.context.dead_letter(env, reason)
+                self.context.delivered([e.envelope for e in out.delivered])
+            for dead in out.dead:
+                self.context.dead_letter(dead.unit.envelope, dead.reason)
         except Exception:  # a failing hook (e.g. the spool) must not stop this lane
             log.exception("reporting delivered or dead-lettered records failed")
         if out.requeue:
             self.stats.add("retried", len(out.requeue))
+        if out.throttled:
+            self.stats.add("throttled", len(out.throttled))
         done = len(out.delivered) + len(out.dead)
+        freed = sum([e.size for e in out.delivered]) + sum([d.unit.size for d in out.dead])
         cfg = self.config
         with self._lock:
+            lane.busy = False
             if out.requeue:
-                lane.queue.extendleft(reversed(out.requeue))
-                lane.bytes += sum([e[3] for e in out.requeue])
-            self._buffered -= out.freed
+                self._requeue(lane, out.requeue)
+            self._buffered -= freed
             self._pending -= done
-            if out.slow or (out.requeue and not out.split):
+            # a metered shard that throttles rests and slows down; its lane goes on
+            paced = out.throttled_only and self._slow_down(lane, out.throttled)
+            lane.tickets.clear()
+            if out.slow or (out.requeue and not out.split and not paced):
                 # Escalate while nothing gets through; a partly accepted request shows the
                 # stream is taking records, so the next try waits only the first step.
                 lane.attempt = 1 if out.delivered and not out.slow else lane.attempt + 1
@@ -728,10 +1074,40 @@ class KinesisSink(Sink):
                 if lane.split is not None:
                     grown = lane.split * 2
                     lane.split = None if grown >= cfg.max_batch_records else grown
-            if out.freed:
+            if freed:
                 self._not_full.notify_all()
-            if done:
-                self._idle.notify_all()
+            self._idle.notify_all()  # flush waits for done records; resharding for busy
+
+    @staticmethod
+    def _requeue(lane: _Lane, entries: list[Entry]) -> None:
+        """(Holding the lock.) Put failed records back at the front of their shards'
+        queues, in their order."""
+        by_shard: dict[_Shard, list[Entry]] = {}
+        for e in entries:
+            by_shard.setdefault(e.route.shard, []).append(e)
+        for shard, mine in by_shard.items():
+            shard.queue.extendleft(reversed(mine))
+            size = sum([e.size for e in mine])
+            shard.bytes += size
+            lane.bytes += size
+            lane.count += len(mine)
+
+    @staticmethod
+    def _slow_down(lane: _Lane, refused: list[Refused]) -> bool:
+        """(Holding the lock.) Tell the meters of throttled shards what they refused;
+        False if a shard has no meter (rate limiting is off): the lane backs off instead."""
+        now = time.monotonic()
+        for r in refused:
+            meter = r.shard.meter
+            if meter is None:
+                return False
+            sent = lane.tickets.get(r.shard)
+            if sent is not None:
+                meter.refund(sent, 1, r.size)
+        for shard in {r.shard for r in refused}:
+            if shard.meter is not None:
+                shard.meter.throttled(now)
+        return True
 
     # -- messages -----------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from kinesis_helpers import HOST, config, machine_names, open_sink, records_ndjson, run_cli
 from pydantic import ValidationError
 from spark_sinks_kinesis import KinesisConfig, KinesisSink, aggregation, partition_key
+from spark_sinks_kinesis.shards import hash_key
+from spark_sinks_kinesis.sink import Entry, Route
 
 from spark_sinks import Envelope, SinkContext
 from tests.support.streams import shard_records
@@ -264,9 +266,10 @@ def test_each_machine_keeps_its_order_under_throttling_500s_and_resets(
         print(f"\n{repeats} repeats from lost answers; {injected}")
 
 
-def _entry(key: str, i: int, size: int = 100) -> tuple:
+def _entry(sink: KinesisSink, key: str, i: int, size: int = 100) -> Entry:
     data = b"x" * (size - len(key))
-    return (Envelope("record", "gw", {"i": i}, key), data, key, size, 0.0)
+    route = Route(key, len(key), hash_key(key), sink._lanes[0].shards[0])
+    return Entry(Envelope("record", "gw", {"i": i}, key), data, route, size, 0.0)
 
 
 def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_rest_in_order():
@@ -281,29 +284,32 @@ def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_res
     sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
     lane = sink._lanes[0]
     # a: 12 records (only ~9 fit one aggregate of 1 KiB), b: 3, c: 2 (over the 2-key limit)
-    entries = [_entry("a", i) for i in range(6)]
-    entries += [_entry("b", 0), _entry("c", 0), _entry("b", 1)]
-    entries += [_entry("a", i) for i in range(6, 12)]
-    entries += [_entry("c", 1), _entry("b", 2)]
-    lane.queue.extend(entries)
-    lane.bytes = sum(e[3] for e in entries)
+    entries = [_entry(sink, "a", i) for i in range(6)]
+    entries += [_entry(sink, "b", 0), _entry(sink, "c", 0), _entry(sink, "b", 1)]
+    entries += [_entry(sink, "a", i) for i in range(6, 12)]
+    entries += [_entry(sink, "c", 1), _entry(sink, "b", 2)]
+    shard = lane.shards[0]
+    shard.queue.extend(entries)
+    shard.bytes = lane.bytes = sum(e.size for e in entries)
+    lane.count = len(entries)
 
-    groups = sink._take_aggregates(lane, cfg.max_batch_records)
+    groups = sink._take_aggregates(lane, [shard], cfg.max_batch_records)
 
-    assert [g[0][2] for g in groups] == ["a", "b"]  # order of first appearance, 2 keys
+    assert [g[0].route.key for g in groups] == ["a", "b"]  # order of first appearance, 2 keys
     a, b = groups
-    assert [e[0].data["i"] for e in b] == [0, 1, 2]
+    assert [e.envelope.data["i"] for e in b] == [0, 1, 2]
     size_a = aggregation.overhead_bytes(1) + 1 + sum(aggregation.entry_bytes(99) for _ in a)
     assert size_a <= 1024 < size_a + aggregation.entry_bytes(99)  # as many as fit
-    assert [e[0].data["i"] for e in a] == list(range(len(a)))  # the leading ones
-    left = list(lane.queue)
-    assert [(e[2], e[0].data["i"]) for e in left] == [("c", 0)] + [
+    assert [e.envelope.data["i"] for e in a] == list(range(len(a)))  # the leading ones
+    left = list(shard.queue)
+    assert [(e.route.key, e.envelope.data["i"]) for e in left] == [("c", 0)] + [
         ("a", i) for i in range(len(a), 12)
     ] + [("c", 1)]
-    assert lane.bytes == sum(e[3] for e in left)
+    assert lane.bytes == shard.bytes == sum(e.size for e in left)
+    assert lane.count == len(left)
     units = sink._encode(groups)
-    assert all(len(u[1]) + 1 <= 1024 for u in units)
-    assert units[0][1] == aggregation.encode(b"a", [e[1] for e in a])
+    assert all(len(u.data) + 1 <= 1024 for u in units)
+    assert units[0].data == aggregation.encode(b"a", [e.data for e in a])
 
 
 def test_aggregation_accepts_only_none_or_kpl():

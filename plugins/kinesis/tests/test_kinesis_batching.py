@@ -15,9 +15,10 @@ from spark_sinks import Envelope, SinkContext
 
 
 def _sink(endpoint: str, stream: str, **kw: Any) -> KinesisSink:
-    return open_sink(
-        endpoint, stream, **{"retry_base_ms": 10, "retry_max_ms": 100, "max_in_flight": 1, **kw}
-    )
+    """A sink whose requests are shaped by the batch settings alone: the shard rate
+    limits (``rate_limit``, tested in test_kinesis_rate.py) would split them further."""
+    settings = {"retry_base_ms": 10, "retry_max_ms": 100, "max_in_flight": 1, "rate_limit": False}
+    return open_sink(endpoint, stream, **{**settings, **kw})
 
 
 def _envelopes(n: int, machines: int = 5) -> list[Envelope]:
@@ -105,7 +106,7 @@ def test_each_shard_is_written_by_exactly_one_lane(moto, kinesis, make_stream):
     stream = make_stream(4)
     sink = _sink(moto.url, stream, max_in_flight=4)
     envs = _envelopes(400, machines=40)
-    lane_of = {e.machine: sink._key(e.host, e.machine)[2].index for e in envs}
+    lane_of = {e.machine: sink._route(e.host, e.machine).shard.lane.index for e in envs}
     sink.write(envs)
     sink.flush(10)
     sink.close()

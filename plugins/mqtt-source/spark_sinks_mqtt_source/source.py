@@ -10,6 +10,7 @@ over: the broker sends it again.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import queue
 import threading
@@ -53,10 +54,14 @@ def decode_json(msg: Incoming) -> list[Any]:
     return obj if type(obj) is list else [obj]
 
 
+@functools.lru_cache(maxsize=4096)  # topics repeat: the label is made once per topic
 def topic_label(topic: str) -> str:
-    """The topic as a JSON string (control characters escaped), cut to a readable length."""
+    """``mqtt topic "<topic>"``: the topic as a JSON string (control characters escaped),
+    cut to a readable length."""
     text = orjson.dumps(topic).decode()
-    return text if len(text) <= 120 else f'{text[:100]}..." ({len(topic)} characters)'
+    if len(text) > 120:
+        text = f'{text[:100]}..." ({len(topic)} characters)'
+    return f"mqtt topic {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +171,7 @@ class MqttSource(Source):
                 return n
 
     def _feed(self, msg: Incoming, feed: Feed) -> None:
-        where = f"mqtt topic {topic_label(msg.topic)}"
+        where = topic_label(msg.topic)
         size, limit = len(msg.payload), self.config.max_message_bytes
         try:
             if size > limit:

@@ -46,6 +46,23 @@ def record(i: int, machine: str | None = None) -> bytes:
     return orjson.dumps(item)
 
 
+def stdout_sink(buffer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stdout sink, with a ``buffer:`` block if given."""
+    sink: dict[str, Any] = {"type": "stdout", "format": "json"}
+    if buffer is not None:
+        sink["buffer"] = buffer
+    return {"out": sink}
+
+
+def disk_buffer(tmp_path: Path, **more: Any) -> dict[str, Any]:
+    return {"type": "disk", "path": str(tmp_path / "spool"), "sync": "normal", **more}
+
+
+SMALL_MEMORY = {"type": "memory", "max_bytes": 1024}
+"""A buffer that fills after a few envelopes: with nobody reading stdout, the source
+thread itself then waits (``when_full: block``)."""
+
+
 def write_config(
     path: Path,
     broker: Mosquitto,

@@ -12,9 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 from mqtt_source_helpers import (
+    SMALL_MEMORY,
     Run,
+    disk_buffer,
     no_run_left_behind,  # noqa: F401 - autouse
     record,
+    stdout_sink,
     unique,
     write_config,
 )
@@ -24,8 +27,9 @@ from tests.support.mosquitto import Client, Mosquitto
 N = 3000
 
 
-def spooled_stdout(tmp_path: Path) -> dict[str, object]:
-    return {"out": {"type": "stdout", "spool": {"path": str(tmp_path / "spool"), "sync": "normal"}}}
+def spooled_stdout(tmp_path: Path, **more: object) -> dict[str, object]:
+    """The stdout sink behind a disk buffer: what it accepted survives a kill -9."""
+    return stdout_sink(disk_buffer(tmp_path, **more))
 
 
 def union(*runs: Run) -> Counter[int]:
@@ -61,10 +65,12 @@ def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -
 
 
 def test_kill_9_while_the_sink_is_stuck_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    """The stdout sink blocks on a full pipe, so the source thread stops while paho keeps
-    receiving up to the receive maximum: none of those may be acknowledged yet."""
+    """The stdout sink blocks on a full pipe and its disk buffer fills, so the source thread
+    waits while paho keeps receiving up to the receive maximum: none of those may be
+    acknowledged yet."""
     prefix = unique("stuck")
-    cfg = write_config(tmp_path / "c.yaml", mosquitto, [f"{prefix}/#"], max_pending=500)
+    sinks = spooled_stdout(tmp_path, max_bytes=1024)
+    cfg = write_config(tmp_path / "c.yaml", mosquitto, [f"{prefix}/#"], sinks, max_pending=500)
     first = Run(cfg, read_stdout=False)
     first.wait_subscribed()
     pub = Client(mosquitto).connect()
@@ -114,11 +120,13 @@ def test_a_point_waiting_in_an_open_record_survives_kill_9(
 @pytest.mark.slow
 def test_broker_restart_mid_run_loses_nothing(tmp_path: Path, mosquitto_own: Mosquitto) -> None:
     """The broker restarts while the source holds hundreds of unacknowledged messages (its
-    stdout sink is stuck on a full pipe until the test reads it, and so is the source
-    thread): after the restart the session resumes and every record comes out."""
+    stdout sink is stuck on a full pipe until the test reads it, its buffer is full, and
+    so the source thread waits): after the restart the session resumes and every record
+    comes out."""
     prefix = unique("restart")
-    # no spool: the stuck sink blocks the source thread itself
-    cfg = write_config(tmp_path / "c.yaml", mosquitto_own, [f"{prefix}/#"])
+    # a small memory buffer: the stuck sink soon blocks the source thread itself
+    sinks = stdout_sink(SMALL_MEMORY)
+    cfg = write_config(tmp_path / "c.yaml", mosquitto_own, [f"{prefix}/#"], sinks)
     run = Run(cfg, read_stdout=False)
     run.wait_subscribed()
     pub = Client(mosquitto_own, "restart-publisher").connect()

@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from mqtt_source_helpers import (
+    SMALL_MEMORY,
     Run,
     no_run_left_behind,  # noqa: F401 - autouse
     record,
+    stdout_sink,
     unique,
     write_config,
 )
@@ -65,3 +68,38 @@ def test_no_broker_at_start_retries_until_stopped(tmp_path: Path, mosquitto: Mos
     assert 1 <= len(retries) <= 3, run.err  # backoff: 1 s, then 2 s, ...
     assert "Connection refused" in retries[0]
     assert "Traceback" not in run.err
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_a_backlog_larger_than_memory_stays_at_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """200 messages of 256 KiB (50 MiB) for a source whose sink is stuck: it holds about
+    max_pending of them, the broker keeps the rest."""
+    prefix = unique("backlog")
+    sinks = stdout_sink(SMALL_MEMORY)
+    cfg = write_config(tmp_path / "c.yaml", mosquitto, [f"{prefix}/#"], sinks, max_pending=10)
+    run = Run(cfg, read_stdout=False)
+    run.wait_subscribed()
+    before = _rss_mb(run.proc.pid)
+    pad = b" " * (256 * 1024)
+    pub = Client(mosquitto).connect()
+    # 500 small records fill the unread stdout pipe and the buffer: the source waits
+    pub.publish_many([(f"{prefix}/small", record(i)) for i in range(1000, 1500)])
+    pub.publish_many([(f"{prefix}/big", record(i)[:-1] + pad + b"}") for i in range(200)])
+    pub.close()
+    time.sleep(2.0)  # the broker has sent whatever it would
+    grew = _rss_mb(run.proc.pid) - before
+    run.read_stdout()
+    run.wait(lambda: len(run.seqs()) >= 700, timeout=60, what="every record")
+    assert run.stop(signal.SIGTERM) == 0, run.err
+    assert sorted(run.seqs()) == [*range(200), *range(1000, 1500)]
+    print(f"backlog: RSS grew by {grew:.1f} MiB while 50 MiB waited at the broker")
+    assert grew < 20, f"RSS grew by {grew:.1f} MiB while 50 MiB waited at the broker"

@@ -52,7 +52,8 @@ def test_a_failed_commit_keeps_the_envelopes_for_the_next_flush(tmp_path):
     harness.start()
     with sqlite3.connect(db) as other:  # hold the write lock: the commit in write fails
         other.execute("BEGIN EXCLUSIVE")
-        harness.sink.db.execute("PRAGMA busy_timeout = 0")
+        # the connection belongs to the sink's worker thread, as every call does
+        harness.on_worker(lambda: harness.sink.db.execute("PRAGMA busy_timeout = 0"))
         harness.write(sample_envelopes()[:3])
         assert harness.sink.stats.delivered == 0
         other.rollback()

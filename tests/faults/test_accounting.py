@@ -1,0 +1,300 @@
+"""The counters' identity, attacked: for every sink at every moment
+accepted = delivered + dead_lettered + dropped + failed + pending, every term >= 0,
+across dead letters that cannot be written, reloads, restarts and spool replays."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pytest
+import yaml
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from spark_sinks.config import load_config
+from spark_sinks.envelope import Envelope
+from spark_sinks.plugins import PluginInfo, Provided, load_registry
+from spark_sinks.runtime import Runtime
+from spark_sinks.sink import Sink, SinkConfig, identity_holds
+from tests.faults.spoolkit import (
+    identity,
+    kinesis_sink,
+    line,
+    lines,
+    seqs,
+    start,
+    status,
+    wait_until,
+    write_config,
+)
+from tests.helpers import run_cli
+from tests.support.streams import new_stream
+
+
+@pytest.fixture
+def kinesis(moto: Any) -> Any:
+    return moto.client("kinesis")
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+def test_an_unusable_dead_letter_path_is_refused_at_start_and_by_check(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    cfg = write_config(
+        tmp_path,
+        {"out": {"type": "stdout", "dead_letter": str(blocker / "dead.jsonl")}},
+    )
+    for args in (["run"], ["check"]):
+        result = run_cli(*args, "-c", str(cfg), input=lines(3))
+        err = result.stderr.decode().strip()
+        assert result.returncode == 2, err
+        assert len(err.splitlines()) == 1, err
+        assert "sinks.out.dead_letter" in err and "not a directory" in err, err
+        assert result.stdout == b""  # nothing was sent
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spool"])
+def test_a_dead_letter_that_cannot_be_written_stays_pending_and_its_neighbours_go_through(
+    tmp_path: Path, kinesis: Any, moto: Any, spooled: bool
+) -> None:
+    stream = new_stream(kinesis, shards=1)
+    dead = tmp_path / "dl" / "dead.jsonl"
+    sink = kinesis_sink(stream, moto.url, max_record_bytes=1024, dead_letter=str(dead))
+    if spooled:
+        sink["spool"] = {"path": str(tmp_path / "spool"), "sync": "normal"}
+    cfg = write_config(tmp_path, {"cloud": sink})
+    proc = start(cfg)
+    assert proc.stdin is not None
+    proc.stdin.write(lines(100))
+    proc.stdin.flush()
+    wait_until(lambda: (s := status(tmp_path)) and s["delivered"] >= 104, what="first 100")
+    # the dead-letter file becomes unusable: a directory stands where it was
+    dead.unlink(missing_ok=True)
+    dead.mkdir(parents=True)
+    proc.stdin.write(line(100, note="y" * 2000) + lines(100, start=101))
+    proc.stdin.flush()
+    s = wait_until(
+        lambda: (s := status(tmp_path)) and s["delivered"] >= 204 and s,
+        what="the neighbours of the record that cannot be dead-lettered",
+    )
+    time.sleep(0.5)  # retries happen; nothing may be counted twice meanwhile
+    s = status(tmp_path)
+    assert s is not None and identity(s), s
+    assert (s["pending"], s["dead_lettered"], s["failed"]) == (1, 0, 0), s
+    assert "cannot write dead letters" in (s["last_error"] or ""), s
+    # the file is usable again: the next batch retries the dead letter, once
+    dead.rmdir()
+    proc.stdin.write(lines(10, start=201))
+    proc.stdin.close()
+    err = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert proc.wait(60) == 1, err  # one record was dead-lettered: not delivered
+    assert "cannot write dead letters" in err and "Traceback" not in err
+    assert "215 accepted, 214 delivered; 1 NOT delivered (1 dead-lettered)" in err, err
+    entries = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
+    assert [e["envelope"]["data"]["attributes"]["seq"]["value"] for e in entries] == [100]
+    assert sorted(seqs(kinesis, stream)) == [i for i in range(211) if i != 100]
+
+
+# -- reloads --------------------------------------------------------------------------------
+
+
+def test_a_reload_that_changes_a_spooled_sink_counts_every_envelope_once(
+    tmp_path: Path, kinesis: Any, moto: Any
+) -> None:
+    stream = new_stream(kinesis, shards=1)
+    sink = kinesis_sink(stream, moto.url, spool={"path": str(tmp_path / "spool")})
+    cfg = write_config(tmp_path, {"cloud": sink})
+    proc = start(cfg)
+    assert proc.stdin is not None
+    proc.stdin.write(lines(100))
+    proc.stdin.flush()
+    wait_until(lambda: (s := status(tmp_path)) and s["accepted"] >= 104, what="first half")
+    write_config(tmp_path, {"cloud": {**sink, "linger_ms": 30}})
+    proc.send_signal(signal.SIGHUP)
+    proc.stdin.write(lines(100, start=100))
+    proc.stdin.close()
+    err = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert proc.wait(60) == 0, err[-3000:]
+    assert "reload applied" in err
+    # 4 metadata at start, 4 again to the restarted sink, 200 records
+    assert "sink 'cloud': 208 accepted, 208 delivered" in err, err[-2000:]
+    assert sorted(seqs(kinesis, stream)) == list(range(200))
+
+
+# -- the identity under random faults, reloads and restarts (in-process) ---------------------
+
+
+class _Faults:
+    """Shared by every instance of the faulty sink: what the destination does now."""
+
+    down = False
+    reject = False
+    delivered: list[int] = []
+
+
+class FaultyConfig(SinkConfig):
+    type: Literal["faulty"] = "faulty"
+
+
+class FaultySink(Sink):
+    """Unbuffered. Down: write raises. Reject: records whose seq is a multiple of 3 are
+    dead-lettered. Otherwise the seq goes to ``_Faults.delivered``."""
+
+    type_name = "faulty"
+    Config = FaultyConfig
+
+    def write(self, envelopes: Sequence[Envelope]) -> None:
+        if _Faults.down:
+            raise ConnectionError("destination down")
+        for e in envelopes:
+            seq = e.data.get("attributes", {}).get("seq", {}).get("value")
+            if seq is None:
+                continue  # metadata
+            if _Faults.reject and seq % 3 == 0:
+                self.context.dead_letter(e, "rejected by the destination")
+            else:
+                _Faults.delivered.append(seq)
+
+
+MACHINE = {"m": {"info": {"name": "m"}, "variables": {"seq": {"format": "int64"}}}}
+
+
+class Accounting(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="spark-accounting-"))
+        self.dead = self.dir / "dl" / "dead.jsonl"
+        self.dead.parent.mkdir()
+        self.registry = load_registry()
+        self.registry.sink_types["faulty"] = Provided(FaultySink, PluginInfo("faulty-test"))
+        _Faults.down = _Faults.reject = False
+        _Faults.delivered = []
+        self.written: list[int] = []
+        self.flush_timeout = 0.3
+        self.runtime = self._start()
+
+    def _config(self) -> Path:
+        sink = {
+            "type": "faulty",
+            "flush_timeout": self.flush_timeout,
+            "dead_letter": str(self.dead),
+            "spool": {"path": str(self.dir / "spool"), "sync": "normal"},
+        }
+        cfg = {
+            "host": "gw",
+            "machines": MACHINE,
+            "sinks": {"f": sink},
+            "operations": {"stats_interval": 0},
+        }
+        path = self.dir / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def _start(self) -> Runtime:
+        rt = Runtime(load_config(self._config(), self.registry), self.registry)
+        rt.start()
+        rt.pipeline.emit(rt.assembler.all_metadata())
+        return rt
+
+    def _sink(self, rt: Runtime | None = None) -> dict[str, Any]:
+        return (rt or self.runtime).snapshot()["sinks"]["f"]  # type: ignore[no-any-return]
+
+    @rule(n=st.integers(1, 40))
+    def write(self, n: int) -> None:
+        for _ in range(n):
+            seq = len(self.written)
+            self.written.append(seq)
+            item = {"machine": "m", "time": 1_790_000_000_000 + seq, "values": {"seq": seq}}
+            self.runtime.pipeline.item(item, "test")
+        self.runtime.pipeline.flush()
+
+    @rule(down=st.booleans())
+    def destination(self, down: bool) -> None:
+        _Faults.down = down
+
+    @rule(reject=st.booleans())
+    def rejecting(self, reject: bool) -> None:
+        _Faults.reject = reject
+
+    @rule(broken=st.booleans())
+    def dead_letter_file(self, broken: bool) -> None:
+        """Broken: a directory stands where the dead-letter file goes."""
+        if broken and not self.dead.is_dir():
+            self.dead.unlink(missing_ok=True)
+            self.dead.mkdir()
+        elif not broken and self.dead.is_dir():
+            self.dead.rmdir()
+
+    @rule()
+    def let_it_run(self) -> None:
+        time.sleep(0.05)
+
+    @precondition(lambda self: not self.dead.is_dir())
+    @rule()
+    def reload(self) -> None:
+        self.flush_timeout = 0.35 if self.flush_timeout == 0.3 else 0.3
+        self._config()
+        assert self.runtime.reload()
+
+    @precondition(lambda self: not self.dead.is_dir())
+    @rule()
+    def restart(self) -> None:
+        self.runtime.shutdown()
+        before = self.runtime.report().sinks["f"]
+        assert identity_holds(before) and not before["overreported"], before
+        self.runtime = self._start()
+        after = self._sink()
+        # exactly what the last run left pending comes back, once
+        assert after["replayed"] == before["pending"], (before, after)
+
+    @invariant()
+    def counters_add_up(self) -> None:
+        s = self._sink()
+        assert identity_holds(s), s
+        assert s["overreported"] == 0, s
+        assert s["dropped"] == 0 and s["failed"] == 0, s
+
+    def teardown(self) -> None:
+        try:
+            self.runtime.shutdown()
+            # drain: destination up, dead letters writable, time enough
+            _Faults.down = _Faults.reject = False
+            if self.dead.is_dir():
+                self.dead.rmdir()
+            self.flush_timeout = 20.0
+            drain = self._start()
+            drain.shutdown()
+            final = drain.report()
+            assert final.sinks["f"]["pending"] == 0, final.sinks
+            dead = (
+                [orjson.loads(x) for x in self.dead.read_bytes().splitlines()]
+                if self.dead.exists()
+                else []
+            )
+            dead_seqs = {e["envelope"]["data"]["attributes"]["seq"]["value"] for e in dead}
+            missing = set(self.written) - set(_Faults.delivered) - dead_seqs
+            assert not missing, f"lost: {sorted(missing)}"
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_identity_holds_under_random_faults_reloads_and_restarts() -> None:
+    state = Accounting.TestCase
+    state.settings = settings(
+        max_examples=12,
+        stateful_step_count=12,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    state().runTest()

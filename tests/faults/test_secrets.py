@@ -1,0 +1,157 @@
+"""Secrets never leak: not in text or JSON logs, `check` output, the status file or error
+lines, in any form (raw, JSON-escaped, repr, bytes repr), also when a reload brings a new
+one. The endpoint here is hostile: it echoes the session token in its error message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spark_sinks import logs
+from tests.faults.spoolkit import ENV as AWS
+from tests.faults.spoolkit import kinesis_sink, lines, start, wait_until, write_config
+from tests.helpers import run_cli
+
+CORE1 = "Zq9FirstSecretCore"
+CORE2 = "Wx7SecondSecretCore"
+TOKEN1 = f"tok\"en\\{CORE1}'x"  # a quote, a backslash and an apostrophe around the core
+TOKEN2 = f'{CORE2}"\\u00e9\\'
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        token = self.headers.get("X-Amz-Security-Token")
+        body = json.dumps(
+            {
+                "__type": "AccessDeniedException",
+                "message": f"The security token {token} included in the request is invalid",
+            }
+        ).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def assert_no_secret(*texts: str | bytes) -> None:
+    for text in texts:
+        s = text.decode(errors="replace") if isinstance(text, bytes) else text
+        assert CORE1 not in s and CORE2 not in s, s[-3000:]
+
+
+def cloud(endpoint: str, token_var: str = "SPARK_TEST_TOKEN") -> dict[str, Any]:
+    return kinesis_sink(
+        "s",
+        endpoint,
+        access_key_id="AKIDEXAMPLE",
+        secret_access_key="${SPARK_TEST_SECRET}",
+        session_token="${" + token_var + "}",
+    )
+
+
+ENV = {"SPARK_TEST_SECRET": f"secret-{CORE1}", "SPARK_TEST_TOKEN": TOKEN1}
+
+
+@pytest.mark.slow
+def test_a_credential_with_surrounding_whitespace_is_a_config_error_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(tmp_path, {"cloud": cloud("http://127.0.0.1:9")})
+    for bad in (f"{CORE1}\n", f"{CORE1}\x07x"):
+        for cmd in ("run", "check"):
+            result = run_cli(cmd, "-c", str(cfg), env={**ENV, "SPARK_TEST_TOKEN": bad})
+            err = result.stderr.decode()
+            assert result.returncode == 2, err
+            assert "sinks.cloud.session_token" in err and "whitespace" in err, err
+            assert_no_secret(result.stdout, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_check_and_logs_never_show_a_secret_the_endpoint_echoes(
+    tmp_path: Path, echo: str, fmt: str
+) -> None:
+    cfg = write_config(tmp_path, {"cloud": cloud(echo)})
+    result = run_cli("--log-format", fmt, "check", "-c", str(cfg), env=ENV)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 1, out + err
+    assert "security token *** included" in out, out  # the error is there, redacted
+    assert_no_secret(out, err)
+    result = run_cli("--log-format", fmt, "run", "-c", str(cfg), input=lines(3), env=ENV)
+    assert result.returncode == 1
+    assert "***" in result.stderr.decode()
+    assert_no_secret(result.stdout, result.stderr)
+
+
+def test_a_secret_brought_by_a_reload_is_redacted_in_logs_and_the_status_file(
+    tmp_path: Path, echo: str
+) -> None:
+    """The second token is in the environment from the start, but only the reloaded
+    config uses it: it must be registered by the reload."""
+    sinks = {"out": {"type": "stdout"}, "cloud": cloud(echo)}
+    cfg = write_config(tmp_path, sinks)
+    status = tmp_path / "status.json"
+    proc = start(cfg, "--log-format", "json", env={**os.environ, **AWS, **ENV, "T2": TOKEN2})
+    assert proc.stdin is not None and proc.stderr is not None
+    seen: list[bytes] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    proc.stdin.write(lines(5))
+    proc.stdin.flush()
+    wait_until(lambda: status.exists() and b"token ***" in status.read_bytes(), what="status")
+    write_config(tmp_path, {**sinks, "cloud": cloud(echo, "T2")})
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any(b"reload applied" in x for x in seen), what="the reload")
+    time.sleep(0.5)  # a status file written after the reload
+    proc.stdin.write(lines(5, start=5))
+    proc.stdin.close()
+    proc.wait(30)
+    reader.join(10)
+    err = b"".join(seen)
+    assert err.count(b"security token ***") >= 2, err.decode()[-3000:]  # both tokens
+    assert_no_secret(err, status.read_bytes())
+
+
+def test_every_form_of_a_secret_is_redacted() -> None:
+    secret = f'a"b\\c\n{CORE1}é'
+    logs.add_secret(secret)
+    texts = [
+        secret,
+        json.dumps(secret),
+        json.dumps(secret, ensure_ascii=False),
+        repr(secret),
+        repr(secret.encode()),
+        f"Invalid header value {secret.encode()!r}",
+        json.dumps({"message": f"Invalid header value {secret.encode()!r}"}),
+        json.dumps(repr(secret)),
+    ]
+    for text in texts:
+        assert CORE1 not in logs.redact(text), text

@@ -1,0 +1,192 @@
+"""A Kinesis-faithful throttling proxy in front of the moto server, for rate tests.
+
+moto takes any rate. Real Kinesis meters every open shard's writes per second (1,000
+records and 1 MiB of data plus partition key) and refuses, entry by entry, what goes over
+with ``ProvisionedThroughputExceededException``; the rest of the request is stored. This
+proxy does the same::
+
+    with ThrottleProxy(moto.url, records_per_second=200) as proxy:
+        ... point the sink's endpoint_url at proxy.url ...
+        proxy.totals()   # per shard: records and bytes accepted, entries refused
+
+* The shards and their hash key ranges are moto's own, from ListShards (listed again
+  every ``refresh_seconds``, so a resharding during a test is followed); closed shards
+  take nothing.
+* Each PutRecords entry goes to the open shard holding its hash key: its
+  ``ExplicitHashKey``, or the MD5 of its partition key, as Kinesis does.
+* Each shard has a budget per wall-clock second (a fixed window). An entry that would
+  take the shard over its records or bytes budget of the current second is refused;
+  the entries that fit are forwarded to moto, and the answer is spliced back in request
+  order with ``FailedRecordCount`` (see ``faultproxy.FaultProxy``).
+
+Two helps for a resharding on moto, which is not safe against concurrent writes to one
+shard (two puts can take the same sequence number, and one record is lost; Kinesis has no
+such problem). After a split moto keeps writing the children's keys to the closed parent,
+so two lanes that now write two children write one moto shard at once:
+``serialize=True`` forwards one request at a time. And ``with proxy.hold(): ...`` keeps
+requests waiting (none is in moto meanwhile) while its SplitShard moves a shard's records.
+
+Every other fault of ``FaultProxy`` (errors, resets, slow answers) can be dialled in on
+top with ``set_faults``; its ``partial`` share is not used here.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import contextlib
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from tests.support.faultproxy import FaultProxy, _Handler
+
+MiB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Window:
+    second: int = -1
+    records: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Shards:
+    starts: list[int]
+    ids: list[str]
+    listed_at: float
+
+
+class ThrottleProxy(FaultProxy):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        upstream: str,
+        records_per_second: int = 1000,
+        bytes_per_second: int = MiB,
+        refresh_seconds: float = 0.5,
+        serialize: bool = False,
+    ) -> None:
+        super().__init__(upstream)
+        self.records_per_second = records_per_second
+        self.bytes_per_second = bytes_per_second
+        self.refresh_seconds = refresh_seconds
+        self._kinesis = boto3.client(
+            "kinesis",
+            endpoint_url=upstream,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        self._budget_lock = threading.Lock()
+        """Owns everything below: requests are handled on concurrent threads."""
+        self._shards: dict[str, _Shards] = {}
+        self._windows: dict[str, _Window] = {}
+        self._accepted: Counter[str] = Counter()
+        self._accepted_bytes: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._gate = threading.Condition()
+        """Owns ``_held`` and ``_inside``."""
+        self._held = False
+        self._inside = 0
+        self._one_at_a_time = threading.Lock() if serialize else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Requests wait at the door while the block runs, once those inside are done."""
+        with self._gate:
+            self._held = True
+            while self._inside:
+                self._gate.wait()
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._held = False
+                self._gate.notify_all()
+
+    def _handle(self, h: _Handler, method: str) -> None:
+        with self._gate:
+            while self._held:
+                self._gate.wait()
+            self._inside += 1
+        try:
+            with self._one_at_a_time:
+                super()._handle(h, method)
+        finally:
+            with self._gate:
+                self._inside -= 1
+                self._gate.notify_all()
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per shard id: ``records`` and ``bytes`` accepted, ``throttled`` entries."""
+        with self._budget_lock:
+            ids = set(self._accepted) | set(self._refused)
+            return {
+                i: {
+                    "records": self._accepted[i],
+                    "bytes": self._accepted_bytes[i],
+                    "throttled": self._refused[i],
+                }
+                for i in sorted(ids)
+            }
+
+    def ideal_seconds(self) -> float:
+        """The least time the accepted writes needed: the busiest shard's records or bytes
+        over its limits."""
+        return max(
+            max(t["records"] / self.records_per_second, t["bytes"] / self.bytes_per_second)
+            for t in self.totals().values()
+        )
+
+    def _open_shards(self, stream: str, now: float) -> _Shards:
+        known = self._shards.get(stream)
+        if known is not None and now - known.listed_at < self.refresh_seconds:
+            return known
+        ranges = []
+        for page in self._kinesis.get_paginator("list_shards").paginate(StreamName=stream):
+            for shard in page["Shards"]:
+                if "EndingSequenceNumber" not in shard["SequenceNumberRange"]:
+                    start = int(shard["HashKeyRange"]["StartingHashKey"])
+                    ranges.append((start, shard["ShardId"]))
+        ranges.sort()
+        shards = _Shards([r[0] for r in ranges], [r[1] for r in ranges], now)
+        self._shards[stream] = shards
+        return shards
+
+    def _choose_throttled(self, request: dict[str, Any], records: list[Any]) -> list[int]:
+        stream = request.get("StreamName") or str(request.get("StreamARN", "")).split("/")[-1]
+        refused = []
+        with self._budget_lock:
+            now = time.time()
+            second = int(now)
+            shards = self._open_shards(stream, now)
+            for i, r in enumerate(records):
+                key = r["PartitionKey"].encode("utf-8")
+                if r.get("ExplicitHashKey"):
+                    key_hash = int(r["ExplicitHashKey"])
+                else:
+                    key_hash = int.from_bytes(hashlib.md5(key).digest(), "big")
+                shard = shards.ids[max(bisect.bisect_right(shards.starts, key_hash) - 1, 0)]
+                size = len(base64.b64decode(r["Data"])) + len(key)
+                w = self._windows.setdefault(shard, _Window())
+                if w.second != second:
+                    w.second, w.records, w.bytes = second, 0, 0
+                over = w.bytes + size > self.bytes_per_second
+                if over or w.records + 1 > self.records_per_second:
+                    refused.append(i)
+                    self._refused[shard] += 1
+                    continue
+                w.records += 1
+                w.bytes += size
+                self._accepted[shard] += 1
+                self._accepted_bytes[shard] += size
+        return refused
