@@ -13,6 +13,10 @@ Cases, each on a fresh 4-shard stream of the same moto server process:
   f      core      the core alone (ndjson source -> pipeline -> dispatch) into a sink that
                    discards after ``to_json()``; no network (see ``core_case.py``)
   f-bare loop      a bare Python loop building and encoding the same envelopes
+  c-gzip, c-zstd, d-gzip, d-zstd
+         sink      (c) and (d) with ``compression: gzip`` / ``zstd``; the report adds the
+                   bytes on the wire per record (data and partition keys as stored) of
+                   (c), (d) and these
   mqtt   sink      ``spark-sinks run`` with the ndjson source and the mqtt sink (QoS 1,
                    JSON) into a local Mosquitto, whole process, like (c)
   mqtt-bare loop   a bare paho-mqtt publish loop over the same envelopes at QoS 1, up to
@@ -183,8 +187,22 @@ class NotRun(Exception):
     """A case that cannot run here; the reason goes into the table."""
 
 
+def decompressed(data: bytes) -> bytes:
+    """A Kinesis record's data as the sink made it before ``compression``."""
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        return gzip.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().decompress(data))
+    return data
+
+
 def user_records(data: bytes) -> int:
     """User records in one Kinesis record: those of a KPL aggregate, else 1."""
+    data = decompressed(data)
     if data[:4] != KPL_MAGIC:
         return 1
     import aws_kinesis_agg.deaggregator  # noqa: F401 - puts messages_pb2's folder on sys.path
@@ -212,6 +230,8 @@ class Bench:
     _datasets: dict[int, Dataset] = field(default_factory=dict)
     rss: dict[str, list[float]] = field(default_factory=dict)
     """Peak RSS (MB) of each run of the subprocess cases."""
+    wire: dict[str, list[float]] = field(default_factory=dict)
+    """Bytes stored per user record (data and partition key) of each run, by case."""
     case: str = ""
     inner: dict[str, list[float]] = field(default_factory=dict)
     """(e), (e-kpl): the rate measured inside the process, from the Producer's start."""
@@ -320,7 +340,11 @@ class Bench:
         records = [r for _, r in shard_records(c, stream)]
         c.delete_stream(StreamName=stream)
         last = max((r["ApproximateArrivalTimestamp"].timestamp() for r in records), default=0.0)
-        return sum(user_records(r["Data"]) for r in records), last
+        total = sum(user_records(r["Data"]) for r in records)
+        if total:  # bytes on the wire per record: data and partition key as stored
+            stored = sum(len(r["Data"]) + len(r["PartitionKey"].encode()) for r in records)
+            self.wire.setdefault(self.case, []).append(stored / total)
+        return total, last
 
 
 def case_seed_put_record(b: Bench) -> float:
@@ -374,6 +398,8 @@ def _config(
                 "region": "us-east-1",
                 "endpoint_url": endpoint or b.moto.url,
                 "connection_test": False,
+                # a loaded machine must make a run slow, not fail it at the flush deadline
+                "flush_timeout": 600,
                 **sink,
             },
             **others,
@@ -492,6 +518,20 @@ def case_spark_sinks_kpl(b: Bench) -> float:
     return spark_sinks_run(b, **KPL_SINK)
 
 
+def compressed_case(compression: str, aggregated: bool) -> Callable[[Bench], float]:
+    """(c) or (d) with ``compression``."""
+
+    def case(b: Bench) -> float:
+        sink = {**(KPL_SINK if aggregated else UNMETERED), "compression": compression}
+        return spark_sinks_run(b, **sink)
+
+    return case
+
+
+COMPRESSION_CASES = ("c", "c-gzip", "c-zstd", "d", "d-gzip", "d-zstd")
+"""The cases whose bytes on the wire the report compares."""
+
+
 def async_kinesis(b: Bench, mode: str) -> float:
     py = b.async_kinesis_python()
     ds = b.dataset(b.records)
@@ -599,6 +639,10 @@ CASES: list[tuple[str, str, Callable[[Bench], float]]] = [
     ("b", "bare boto3 put_records loop, 500/request", case_bare_put_records),
     ("c", "spark-sinks run, kinesis sink", case_spark_sinks_run),
     ("d", "spark-sinks run, kinesis sink, aggregation: kpl", case_spark_sinks_kpl),
+    ("c-gzip", "(c) with compression: gzip", compressed_case("gzip", aggregated=False)),
+    ("c-zstd", "(c) with compression: zstd", compressed_case("zstd", aggregated=False)),
+    ("d-gzip", "(d) with compression: gzip", compressed_case("gzip", aggregated=True)),
+    ("d-zstd", "(d) with compression: zstd", compressed_case("zstd", aggregated=True)),
     ("e", "async-kinesis Producer, rate limits lifted", case_async_kinesis),
     ("e-kpl", "async-kinesis Producer, KPL processor", case_async_kinesis_kpl),
     ("f", "core alone: ndjson -> pipeline -> dispatch -> discard", case_core),
@@ -730,6 +774,27 @@ def _rss(b: Bench, key: str) -> str:
     return f"{max(values):.0f}" if values else "-"
 
 
+def _wire_table(b: Bench, rates: dict[str, float]) -> list[str]:
+    """Bytes on the wire of the compression cases, next to their speed."""
+    keys = [k for k in COMPRESSION_CASES if k in rates and b.wire.get(k)]
+    if not any(k.endswith(("-gzip", "-zstd")) for k in keys):
+        return []
+    lines = [
+        "",
+        "Compression: bytes stored per record (Kinesis data and partition key, what",
+        "PutRecords carries before base64), and the speed, of the same records.",
+        "",
+        "| case | bytes/record | of uncompressed | records/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in keys:
+        size = statistics.median(b.wire[key])
+        base = b.wire.get(key[0])
+        share = f"{size / statistics.median(base):.0%}" if base else "-"
+        lines.append(f"| {key} | {size:,.1f} | {share} | {rates[key]:,.0f} |")
+    return lines
+
+
 def _slow_pipe_note(b: Bench, rates: dict[str, float]) -> list[str]:
     if "g" not in rates:
         return []
@@ -796,6 +861,7 @@ def report(
             "are timed from process start to exit. Timed from its connect to the last PUBACK, "
             f"the bare loop made {statistics.median(b.mqtt_bare_inner):,.0f} records/s.",
         ]
+    lines += _wire_table(b, rates)
     lines += _slow_pipe_note(b, rates)
     lines += ["", "| target | value | goal |", "|---|---:|---:|"]
     if "g" in rates and b.arrival.get("c"):
