@@ -28,6 +28,7 @@ run: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(TYPED)
 	$(BIN)/python -m pytest -q
 
 # Every plugin package under plugins/ (not the *.egg-info directories next to them).

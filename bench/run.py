@@ -13,11 +13,20 @@ Cases, each on a fresh 4-shard stream of the same moto server process:
   f      core      the core alone (ndjson source -> pipeline -> dispatch) into a sink that
                    discards after ``to_json()``; no network (see ``core_case.py``)
   f-bare loop      a bare Python loop building and encoding the same envelopes
+  c-gzip, c-zstd, d-gzip, d-zstd
+         sink      (c) and (d) with ``compression: gzip`` / ``zstd``; the report adds the
+                   bytes on the wire per record (data and partition keys as stored) of
+                   (c), (d) and these
   mqtt   sink      ``spark-sinks run`` with the ndjson source and the mqtt sink (QoS 1,
                    JSON) into a local Mosquitto, whole process, like (c)
   mqtt-bare loop   a bare paho-mqtt publish loop over the same envelopes at QoS 1, up to
                    the sink's max_in_flight unacknowledged, until every PUBACK is in; a
                    process of its own, timed the same way (see ``mqtt_bare_case.py``)
+  g      slow-out  (c) next to a ``stdout`` sink whose standard output is a slow pipe (a
+                   reader taking 4 KiB every 50 ms), with ``buffer: {type: memory,
+                   when_full: drop_newest}``: Kinesis records per second, timed from
+                   process start to the last record's arrival in the stream (moto's
+                   ApproximateArrivalTimestamp); compared with (c) timed the same way
 
 Then one long run for peak RSS: ``spark-sinks run`` of 1,000,000 records into the
 kinesis sink configured as in (d). (c), (d) and the RSS run set ``rate_limit: off``: moto
@@ -50,10 +59,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -176,8 +187,22 @@ class NotRun(Exception):
     """A case that cannot run here; the reason goes into the table."""
 
 
+def decompressed(data: bytes) -> bytes:
+    """A Kinesis record's data as the sink made it before ``compression``."""
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        return gzip.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().decompress(data))
+    return data
+
+
 def user_records(data: bytes) -> int:
     """User records in one Kinesis record: those of a KPL aggregate, else 1."""
+    data = decompressed(data)
     if data[:4] != KPL_MAGIC:
         return 1
     import aws_kinesis_agg.deaggregator  # noqa: F401 - puts messages_pb2's folder on sys.path
@@ -205,6 +230,8 @@ class Bench:
     _datasets: dict[int, Dataset] = field(default_factory=dict)
     rss: dict[str, list[float]] = field(default_factory=dict)
     """Peak RSS (MB) of each run of the subprocess cases."""
+    wire: dict[str, list[float]] = field(default_factory=dict)
+    """Bytes stored per user record (data and partition key) of each run, by case."""
     case: str = ""
     inner: dict[str, list[float]] = field(default_factory=dict)
     """(e), (e-kpl): the rate measured inside the process, from the Producer's start."""
@@ -214,6 +241,12 @@ class Bench:
     mqtt_bare_inner: list[float] = field(default_factory=list)
     """(mqtt-bare): the rate from its connect to the last PUBACK."""
     """A local Mosquitto for the mqtt cases, started on first use (``mqtt_broker_started``)."""
+    arrival: dict[str, list[float]] = field(default_factory=dict)
+    """(c), (g): records/s from process start to the last record's arrival in the stream."""
+    dropped: list[int] = field(default_factory=list)
+    """(g): envelopes the slow stdout sink dropped, per run."""
+    left: list[int] = field(default_factory=list)
+    """(g): envelopes left in its buffer at its flush_timeout (pending), per run."""
     _async_python: str | None = None
     _async_error: str | None = None
 
@@ -298,10 +331,20 @@ class Bench:
     def count(self, stream: str) -> int:
         """User records in the stream (those inside KPL aggregates counted one by one), read
         back over every shard; the stream is then deleted."""
+        return self.count_arrived(stream)[0]
+
+    def count_arrived(self, stream: str) -> tuple[int, float]:
+        """``count``, and when the last record arrived (epoch seconds, moto's clock: this
+        machine's)."""
         c = self.client()
-        total = sum(user_records(r["Data"]) for _, r in shard_records(c, stream))
+        records = [r for _, r in shard_records(c, stream)]
         c.delete_stream(StreamName=stream)
-        return total
+        last = max((r["ApproximateArrivalTimestamp"].timestamp() for r in records), default=0.0)
+        total = sum(user_records(r["Data"]) for r in records)
+        if total:  # bytes on the wire per record: data and partition key as stored
+            stored = sum(len(r["Data"]) + len(r["PartitionKey"].encode()) for r in records)
+            self.wire.setdefault(self.case, []).append(stored / total)
+        return total, last
 
 
 def case_seed_put_record(b: Bench) -> float:
@@ -335,13 +378,15 @@ def case_bare_put_records(b: Bench) -> float:
     return ds.n / took
 
 
-def _run_spark_sinks(
-    b: Bench, ndjson: Path, n: int, name: str, endpoint: str = "", **sink: Any
-) -> float:
-    """``spark-sinks run`` of an NDJSON file of ``n`` records into the kinesis sink on a
-    fresh stream (through ``endpoint``, moto by default), as a whole process; returns its
-    seconds, after checking the count."""
-    stream = b.fresh_stream()
+def _config(
+    b: Bench,
+    ndjson: Path,
+    name: str,
+    stream: str,
+    others: dict[str, Any],
+    endpoint: str = "",
+    **sink: Any,
+) -> Path:
     cfg = {
         "host": HOST,
         "machines": machines_config(),
@@ -353,23 +398,96 @@ def _run_spark_sinks(
                 "region": "us-east-1",
                 "endpoint_url": endpoint or b.moto.url,
                 "connection_test": False,
+                # a loaded machine must make a run slow, not fail it at the flush deadline
+                "flush_timeout": 600,
                 **sink,
-            }
+            },
+            **others,
         },
     }
     path = b.work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "PATH": "/usr/bin:/bin",
-        "SPARK_SINKS_LOAD_PLUGINS": "kinesis",
-    }
-    exe = str(Path(sys.executable).parent / "spark-sinks")
-    took, _ = b.run_proc([exe, "run", "-c", str(path)], env)
-    got = b.count(stream)
+    return path
+
+
+ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "PATH": "/usr/bin:/bin",
+    "SPARK_SINKS_LOAD_PLUGINS": "kinesis",
+}
+SPARK_SINKS = str(Path(sys.executable).parent / "spark-sinks")
+
+
+def _run_spark_sinks(
+    b: Bench, ndjson: Path, n: int, name: str, endpoint: str = "", **sink: Any
+) -> float:
+    """``spark-sinks run`` of an NDJSON file of ``n`` records into the kinesis sink on a
+    fresh stream (through ``endpoint``, moto by default), as a whole process; returns its
+    seconds, after checking the count. Also notes the rate up to the last record's arrival
+    (``Bench.arrival``)."""
+    stream = b.fresh_stream()
+    path = _config(b, ndjson, name, stream, {}, endpoint, **sink)
+    started = time.time()
+    took, _ = b.run_proc([SPARK_SINKS, "run", "-c", str(path)], ENV)
+    got, last = b.count_arrived(stream)
     assert got == n + MACHINES, (got, n + MACHINES)  # records + one metadata each
+    b.arrival.setdefault(b.case, []).append(n / (last - started))
     return took
+
+
+SLOW_READ = 4096
+SLOW_PAUSE = 0.05
+"""(g): the reader of the stdout sink's pipe takes 4 KiB every 50 ms (about 80 KB/s, a
+hundredth of what the stdout sink would need to keep up with (c))."""
+
+
+def _read_slowly(pipe: Any) -> None:
+    while pipe.read(SLOW_READ):
+        time.sleep(SLOW_PAUSE)
+
+
+def _count(line: str, what: str) -> int:
+    m = re.search(rf"(\d+) {what}", line)
+    return int(m.group(1)) if m else 0
+
+
+def case_slow_stdout(b: Bench) -> float:
+    """(g) (c) next to a stdout sink on a slow pipe, dropping what its buffer cannot hold;
+    Kinesis records/s from process start to the last record's arrival."""
+    ds = b.dataset(b.records)
+    stream = b.fresh_stream()
+    debug = {
+        "debug": {
+            "type": "stdout",
+            "buffer": {"type": "memory", "when_full": "drop_newest"},
+            "flush_timeout": 1,  # then the run ends without draining the slow pipe
+        }
+    }
+    path = _config(b, ds.ndjson, "slow-stdout", stream, debug)
+    env = {**ENV, "SPARK_SINKS_LOAD_PLUGINS": "kinesis,stdout"}
+    with tempfile.TemporaryFile() as err:
+        started = time.time()
+        proc = subprocess.Popen(
+            [SPARK_SINKS, "run", "-c", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        reader = threading.Thread(target=_read_slowly, args=(proc.stdout,), daemon=True)
+        reader.start()
+        proc.wait(300)
+        err.seek(0)
+        log = err.read().decode()
+    got, last = b.count_arrived(stream)
+    assert got == ds.n + MACHINES, (got, log[-2000:])
+    # the debug sink loses what the pipe could not take: dropped (exit 1 says so)
+    assert proc.returncode == 1, log[-2000:]
+    summary = next((x for x in log.splitlines() if "sink 'debug':" in x), "")
+    b.dropped.append(_count(summary, "dropped"))
+    b.left.append(_count(summary, "pending"))
+    return ds.n / (last - started)
 
 
 def spark_sinks_run(b: Bench, n: int = 0, **sink: Any) -> float:
@@ -398,6 +516,20 @@ and peaked about 10 MB lower in the 1,000,000-record run; 2 MiB was about 5% slo
 def case_spark_sinks_kpl(b: Bench) -> float:
     """(d) ``spark-sinks run`` with ``aggregation: kpl``; user records per second."""
     return spark_sinks_run(b, **KPL_SINK)
+
+
+def compressed_case(compression: str, aggregated: bool) -> Callable[[Bench], float]:
+    """(c) or (d) with ``compression``."""
+
+    def case(b: Bench) -> float:
+        sink = {**(KPL_SINK if aggregated else UNMETERED), "compression": compression}
+        return spark_sinks_run(b, **sink)
+
+    return case
+
+
+COMPRESSION_CASES = ("c", "c-gzip", "c-zstd", "d", "d-gzip", "d-zstd")
+"""The cases whose bytes on the wire the report compares."""
 
 
 def async_kinesis(b: Bench, mode: str) -> float:
@@ -507,12 +639,17 @@ CASES: list[tuple[str, str, Callable[[Bench], float]]] = [
     ("b", "bare boto3 put_records loop, 500/request", case_bare_put_records),
     ("c", "spark-sinks run, kinesis sink", case_spark_sinks_run),
     ("d", "spark-sinks run, kinesis sink, aggregation: kpl", case_spark_sinks_kpl),
+    ("c-gzip", "(c) with compression: gzip", compressed_case("gzip", aggregated=False)),
+    ("c-zstd", "(c) with compression: zstd", compressed_case("zstd", aggregated=False)),
+    ("d-gzip", "(d) with compression: gzip", compressed_case("gzip", aggregated=True)),
+    ("d-zstd", "(d) with compression: zstd", compressed_case("zstd", aggregated=True)),
     ("e", "async-kinesis Producer, rate limits lifted", case_async_kinesis),
     ("e-kpl", "async-kinesis Producer, KPL processor", case_async_kinesis_kpl),
     ("f", "core alone: ndjson -> pipeline -> dispatch -> discard", case_core),
     ("f-bare", "bare loop: orjson parse, same envelope, orjson encode", case_bare_loop),
     ("mqtt", "spark-sinks run, mqtt sink, QoS 1, local Mosquitto", case_mqtt),
     ("mqtt-bare", "bare paho-mqtt publish loop, QoS 1, all PUBACKs", case_mqtt_bare),
+    ("g", "(c) next to a stdout sink on a slow pipe, drop_newest", case_slow_stdout),
 ]
 RATIOS = [
     ("c/a", "c", "a", 25.0),
@@ -524,6 +661,8 @@ RATIOS = [
     ("mqtt/mqtt-bare", "mqtt", "mqtt-bare", 0.8),
 ]
 ABSOLUTE = [("f", 50_000.0)]
+SLOW_PIPE_TARGET = 0.9
+"""(g) against (c), both timed to the last record's arrival: Kinesis keeps 90% of its pace."""
 RSS_TARGET_MB = 150.0
 
 
@@ -635,6 +774,45 @@ def _rss(b: Bench, key: str) -> str:
     return f"{max(values):.0f}" if values else "-"
 
 
+def _wire_table(b: Bench, rates: dict[str, float]) -> list[str]:
+    """Bytes on the wire of the compression cases, next to their speed."""
+    keys = [k for k in COMPRESSION_CASES if k in rates and b.wire.get(k)]
+    if not any(k.endswith(("-gzip", "-zstd")) for k in keys):
+        return []
+    lines = [
+        "",
+        "Compression: bytes stored per record (Kinesis data and partition key, what",
+        "PutRecords carries before base64), and the speed, of the same records.",
+        "",
+        "| case | bytes/record | of uncompressed | records/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in keys:
+        size = statistics.median(b.wire[key])
+        base = b.wire.get(key[0])
+        share = f"{size / statistics.median(base):.0%}" if base else "-"
+        lines.append(f"| {key} | {size:,.1f} | {share} | {rates[key]:,.0f} |")
+    return lines
+
+
+def _slow_pipe_note(b: Bench, rates: dict[str, float]) -> list[str]:
+    if "g" not in rates:
+        return []
+    c = b.arrival.get("c")
+    same = f"(c) timed the same way made {statistics.median(c):,.0f} records/s; " if c else ""
+    return [
+        "",
+        "(g) is timed from process start to the last record's arrival in the stream; "
+        + same
+        + "the slow stdout sink dropped "
+        + ", ".join(f"{d:,}" for d in b.dropped)
+        + " and left "
+        + ", ".join(f"{d:,}" for d in b.left)
+        + " in its buffer at its flush_timeout (1 s), of each run's "
+        + f"{b.records + MACHINES:,} envelopes (reported; exit status 1).",
+    ]
+
+
 def report(
     b: Bench,
     runs: dict[str, list[float]],
@@ -683,7 +861,15 @@ def report(
             "are timed from process start to exit. Timed from its connect to the last PUBACK, "
             f"the bare loop made {statistics.median(b.mqtt_bare_inner):,.0f} records/s.",
         ]
+    lines += _wire_table(b, rates)
+    lines += _slow_pipe_note(b, rates)
     lines += ["", "| target | value | goal |", "|---|---:|---:|"]
+    if "g" in rates and b.arrival.get("c"):
+        value = rates["g"] / statistics.median(b.arrival["c"])
+        ok = "met" if value >= SLOW_PIPE_TARGET else "NOT met"
+        lines.append(
+            f"| g/c (to the last arrival) | {value:.2f} | >= {SLOW_PIPE_TARGET:g} ({ok}) |"
+        )
     for name, num, den, target in RATIOS:
         if num in rates and den in rates:
             value = rates[num] / rates[den]

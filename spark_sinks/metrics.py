@@ -211,11 +211,11 @@ def check_operations(ops: OperationsConfig) -> OperationsCheck:
         else:
             problems.append(f"operations.metrics_port: {why}")
     if ops.status_file is not None:
-        why = _status_file_problem(ops.status_file)
+        why = files.path_problem(ops.status_file)
         if why is None:
             notes.append(f"status file {ops.status_file} is writable")
         else:
-            problems.append(f"operations.status_file: {why}")
+            problems.append(f"operations.status_file: cannot write {ops.status_file}: {why}")
     return OperationsCheck(problems, notes)
 
 
@@ -245,25 +245,6 @@ def _serves_metrics(addr: str, port: int) -> bool:
             return b"spark_sinks_accepted" in resp.read(1 << 20)
     except (OSError, ValueError):
         return False
-
-
-def _status_file_problem(path: Path) -> str | None:
-    """Could the status file be written (its missing directories created)? Tries for real,
-    with a temporary file that is removed, and creates nothing else."""
-    if path.is_dir():
-        return f"{path} is a directory"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot write {path}: {parent} is not a directory"
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".spark-sinks-check.")
-    except OSError as exc:
-        return f"cannot write {path}: {exc.strerror or exc}"
-    os.close(fd)
-    os.unlink(tmp)
-    return None
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -150,8 +150,6 @@ class Runtime:
         thread) changes them while the reporter thread takes snapshots."""
         self._finished: dict[str, dict[str, Any]] = {}
         """Final counters of sink instances already stopped, by sink name (added up)."""
-        self.abandoned: list[str] = []
-        """Sinks left still busy in a call after their flush_timeout (see ``buffer.py``)."""
         self._start_failures: dict[str, tuple[str, int]] = {}
         """Sinks that could not start: the error, and the envelope count at that moment."""
         self._handover: dict[str, tuple[Path, int]] = {}
@@ -292,7 +290,8 @@ class Runtime:
         self._busy = "the sinks to flush and close"
         stopping = [(a, a.inlet.begin_stop(a.flush_timeout)) for a in self.dispatcher.sinks]
         for a, wait in stopping:
-            self._finish(a, wait())
+            wait()  # an abandoned sink is logged by its worker; its counters say the rest
+            self._finish(a)
         self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
@@ -308,15 +307,14 @@ class Runtime:
     def _retire(self, a: ActiveSink) -> None:
         """Flush and close a sink, keeping its final counters for the report."""
         self._busy = f"sink {a.name!r} to flush and close"
-        self._finish(a, stop_sink(a))
+        stop_sink(a)
+        self._finish(a)
 
-    def _finish(self, a: ActiveSink, stopped: bool) -> None:
+    def _finish(self, a: ActiveSink) -> None:
         """Keep a stopped sink's final counters for the report (added up over reloads)."""
         snap = a.stats.snapshot()
         spool = getattr(a.sink, "spool", None)
         with self._lock:
-            if not stopped:
-                self.abandoned.append(a.name)
             self.dispatcher.remove(a.name)
             prev = self._finished.get(a.name)
             # the same name ran before a reload: add the runs up

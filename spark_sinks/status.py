@@ -41,6 +41,8 @@ class SinkStatus(_Model):
     failed: int = Field(ge=0)
     pending: int = Field(ge=0)
     spool_depth: int | None = Field(None, ge=0)
+    corrupt_spools: int = Field(0, ge=0)
+    lost_in_corrupt_spool: int = Field(0, ge=0)
     last_error: str | None = None
     last_delivery_at: float | None = None
 
@@ -103,6 +105,8 @@ def _counts(s: SinkStatus) -> str:
     )
     if s.spool_depth is not None:
         text += f", {s.spool_depth} in spool"
+    if s.corrupt_spools:
+        text += f", {s.lost_in_corrupt_spool} lost in {s.corrupt_spools} corrupt spool file(s)"
     if s.last_error:
         text += f"; last error: {s.last_error}"
     return text
@@ -131,7 +135,7 @@ def verdict(snap: StatusFile, now: float | None = None) -> Verdict:
         last = s.last_delivery_at
         if s.pending and (last is None or now - last > 3 * interval):
             state = "STALLED"
-        elif s.failed or s.dropped:
+        elif s.failed or s.dropped or s.corrupt_spools or s.lost_in_corrupt_spool:
             state = "LOST ENVELOPES"
         else:
             state = "flowing"

@@ -98,7 +98,7 @@ def sample_envelopes(host: str = HOST) -> list[Envelope]:
     """Metadata, records and a connection test for two machines, with the values that
     tend to get mangled: unicode, quotes, newlines, big and negative numbers, nulls,
     nested objects and arrays."""
-    variables = {
+    variables: dict[str, dict[str, Any]] = {
         "temperature": {"name": "temperature", "format": "float", "description": "Öl °C"},
         "count": {"name": "count", "format": "uint64"},
         "state": {"name": "state", "format": "string"},
@@ -350,7 +350,7 @@ class SinkContract:
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "invalid_config" in metafunc.fixturenames:
-            cases = list(self.invalid_configs) or [None]
+            cases: list[Invalid | None] = [*self.invalid_configs] or [None]
             ids = [c.path if c else "none-declared" for c in cases]
             metafunc.parametrize("invalid_config", cases, ids=ids)
 

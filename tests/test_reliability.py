@@ -61,6 +61,7 @@ def write_config(tmp_path: Path, stream: str, endpoint: str, **sink) -> Path:
                 "linger_ms": 20,
                 "retry_base_ms": 20,
                 "retry_max_ms": 300,
+                "rate_limit": False,  # moto takes any rate; these tests are about outages
                 "spool": {"path": str(tmp_path / "spool"), "sync": "normal"},
                 **sink,
             }

@@ -398,3 +398,15 @@ def wait_until(what: Callable[[], Any], timeout: float = 30) -> None:
     while not what():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_status_counts_a_corrupt_spool_as_lost_envelopes(tmp_path):
+    snap = good_status(time.time())
+    snap["sinks"]["out"].update(corrupt_spools=1, lost_in_corrupt_spool=7)
+    status = tmp_path / "status.json"
+    status.write_bytes(orjson.dumps(snap))
+    result = status_in_process(write_config(tmp_path, status_file=str(status)))
+    check_status_output(result, status)
+    out = result.stdout.decode()
+    assert result.returncode == 1 and out.startswith("PROBLEM: sink out LOST ENVELOPES"), out
+    assert "7 lost in 1 corrupt spool file(s)" in out

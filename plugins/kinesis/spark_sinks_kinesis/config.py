@@ -160,6 +160,10 @@ class ShardLimitsConfig(BaseModel):
 class KinesisConfig(SinkConfig):
     """``sinks.<name>`` with ``type: kinesis``."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)
+    """pydantic's own error text would repeat the input (a proxy URL with its password,
+    a secret key); the messages here name what is wrong without it."""
+
     type: Literal["kinesis"] = "kinesis"
 
     stream_name: str

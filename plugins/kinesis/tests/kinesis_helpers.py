@@ -182,7 +182,20 @@ def open_sink(endpoint: str, stream: str, **settings: Any) -> KinesisSink:
             **settings,
         },
     )
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
+    sink = counting_accepted(KinesisSink(cfg, SinkContext("cloud", "gw")))
     sink.open()
     sink.check()
+    return sink
+
+
+def counting_accepted(sink: KinesisSink) -> KinesisSink:
+    """Count what each ``write`` hands over as accepted, as the core does before a sink's
+    write: a sink may only settle (deliver, dead-letter) what it was handed."""
+    write = sink.write
+
+    def counted(envelopes: Any) -> None:
+        sink.stats.add("accepted", len(envelopes))
+        write(envelopes)
+
+    sink.write = counted  # type: ignore[method-assign]
     return sink

@@ -6,15 +6,19 @@ that record what they carried, so each setting is seen on the wire, not in a moc
 from __future__ import annotations
 
 import base64
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kinesis_helpers import config, edit_sink, open_sink, records_ndjson, run_cli
-from spark_sinks_kinesis import access
+from pydantic import ValidationError
+from spark_sinks_kinesis import KinesisConfig, access
 
-from spark_sinks import Envelope
+from spark_sinks import Envelope, logs
 from tests.support.moto_server import MotoServer
 from tests.support.netproxy import Exchange, ForwardProxy, TestCa, TlsFront
 from tests.support.streams import read_stream
@@ -163,6 +167,7 @@ def _role_sink(moto: MotoServer, stream: str, proxy: ForwardProxy, **kw: Any) ->
 
 def _write(sink: Any, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
+        sink.stats.add("accepted")  # what the core counts before a write
         sink.write([Envelope("record", "gw", {"machine": "m1", "time": i}, "m1")])
         sink.flush(30)
 
@@ -249,3 +254,43 @@ def test_fips_and_dualstack_choose_the_endpoints_aws_publishes(
     assert proc.returncode == 1
     assert web_proxy.tunnels[:1] == hosts
     _no_secret((proc.stdout + proc.stderr).decode())
+
+
+_PASSWORDS = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=4, max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(password=_PASSWORDS, user=st.text(alphabet="abcxyz._-", min_size=1, max_size=12))
+def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
+    quoted = urllib.parse.quote(password, safe="")
+    url = f"http://{user}:{quoted}@proxy.plant.example:3128"
+    pair = f"{user}:{password}"
+    line = (
+        f"a {password} b {quoted} c {pair} d {base64.b64encode(pair.encode()).decode()} "
+        f"e {access.masked_proxy(url)}"
+    )
+    saved = set(logs._secrets)  # the registry is global: leave it as it was
+    try:
+        for secret in access.proxy_secrets(url):
+            logs.add_secret(secret)
+        redacted = logs.redact(line)
+    finally:
+        logs._secrets.clear()
+        logs._secrets.update(saved)
+    for form in (password, quoted, base64.b64encode(pair.encode()).decode()):
+        assert form not in redacted
+    assert "http://***@proxy.plant.example:3128" in redacted
+
+
+@settings(max_examples=100, deadline=None)
+@given(password=_PASSWORDS, scheme=st.sampled_from(["socks5", "ftp", "http", "https"]))
+def test_a_bad_proxy_url_is_refused_without_repeating_it(password, scheme):
+    quoted = urllib.parse.quote(password, safe="")
+    url = f"{scheme}://u:{quoted}@proxy:3128/not-a-proxy-path"
+    with pytest.raises(ValidationError) as err:
+        KinesisConfig(type="kinesis", stream_name="s", region="us-east-1", proxy=url)
+    text = str(err.value)
+    assert "proxy" in text
+    assert password not in text and quoted not in text

@@ -22,7 +22,15 @@ from typing import Any
 import orjson
 import pytest
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
-from kinesis_helpers import HOST, config, machine_names, open_sink, records_ndjson, run_cli
+from kinesis_helpers import (
+    HOST,
+    config,
+    counting_accepted,
+    machine_names,
+    open_sink,
+    records_ndjson,
+    run_cli,
+)
 from pydantic import ValidationError
 from spark_sinks_kinesis import KinesisConfig, KinesisSink, aggregation, partition_key
 from spark_sinks_kinesis.shards import hash_key
@@ -373,7 +381,7 @@ def test_an_aggregate_rejected_as_invalid_dead_letters_all_its_records_and_only_
         aggregation="kpl",
         max_record_bytes=4096,
     )
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw", dead_letter_path=dead))
+    sink = counting_accepted(KinesisSink(cfg, SinkContext("cloud", "gw", dead_letter_path=dead)))
     sink.open()
     sink.check()
     envs = _envelopes(1_000, 4)

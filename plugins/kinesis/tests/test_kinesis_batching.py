@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from kinesis_helpers import open_sink, read_stream
+from kinesis_helpers import counting_accepted, open_sink, read_stream
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
 from spark_sinks import Envelope, SinkContext
@@ -177,7 +177,7 @@ def test_entries_rejected_as_invalid_are_dead_lettered_and_the_rest_delivered(
         connection_test=False,
     )
     dead = tmp_path / "dead.jsonl"
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw", dead_letter_path=dead))
+    sink = counting_accepted(KinesisSink(cfg, SinkContext("cloud", "gw", dead_letter_path=dead)))
     sink.open()
     sink.check()
     sink.write(_envelopes(500))

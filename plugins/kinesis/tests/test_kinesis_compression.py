@@ -111,7 +111,9 @@ def test_max_record_bytes_applies_to_the_compressed_bytes(moto, kinesis, make_st
     squeezable = _big("m1", "abc" * 10_000, 100)  # 30 kB of data, a few hundred compressed
     noise = base64.b64encode(os.urandom(3000)).decode()  # 4 kB that gzip cannot squeeze
     hopeless = _big("m2", noise, 101)
-    sink.write([*small[:25], squeezable, hopeless, *small[25:]])
+    batch = [*small[:25], squeezable, hopeless, *small[25:]]
+    sink.stats.add("accepted", len(batch))  # what the core counts before a write
+    sink.write(batch)
     sink.flush(30)
     sink.close()
 
@@ -127,6 +129,7 @@ def test_max_record_bytes_applies_to_the_compressed_bytes(moto, kinesis, make_st
 
 def test_without_compression_the_same_large_record_is_dead_lettered(moto, make_stream):
     sink = open_sink(moto.url, make_stream(1), max_record_bytes=2048)
+    sink.stats.add("accepted")
     sink.write([_big("m1", "abc" * 10_000, 1)])
     sink.flush(30)
     sink.close()

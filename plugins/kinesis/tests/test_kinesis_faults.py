@@ -9,7 +9,15 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from kinesis_helpers import config, moto_auth, open_sink, read_stream, records_ndjson, run_cli
+from kinesis_helpers import (
+    config,
+    counting_accepted,
+    moto_auth,
+    open_sink,
+    read_stream,
+    records_ndjson,
+    run_cli,
+)
 from spark_sinks_kinesis import KinesisConfig, KinesisSink
 
 from spark_sinks import Envelope, SinkContext
@@ -170,7 +178,7 @@ def test_access_denied_mid_run_holds_the_records_until_the_operator_fixes_it(
         retry_max_ms=400,
         connection_test=False,
     )
-    sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
+    sink = counting_accepted(KinesisSink(cfg, SinkContext("cloud", "gw")))
     sink.open()
     sink.check()
     try:

@@ -115,7 +115,7 @@ class Connection:
                 ) from None
             except (OSError, ValueError) as exc:
                 wait = delay * random.uniform(0.5, 1.0)
-                log.error("cannot reach %s: %s; retrying in %.0f s", self.where, _why(exc), wait)
+                log.error("cannot reach %s: %s; retrying in %.1f s", self.where, _why(exc), wait)
                 stop.wait(wait)
                 delay = min(delay * 2, 30.0)
                 continue
