@@ -230,7 +230,9 @@ class Accounting(RuleBasedStateMachine):
     def dead_letter_file(self, broken: bool) -> None:
         """Broken: a directory stands where the dead-letter file goes."""
         if broken and not self.dead.is_dir():
-            self.dead.unlink(missing_ok=True)
+            # keep what was already set aside: the teardown counts it as not lost
+            if self.dead.exists():
+                self.dead.rename(self.dead.with_name(f"kept-{time.monotonic_ns()}.jsonl"))
             self.dead.mkdir()
         elif not broken and self.dead.is_dir():
             self.dead.rmdir()
@@ -276,11 +278,10 @@ class Accounting(RuleBasedStateMachine):
             drain.shutdown()
             final = drain.report()
             assert final.sinks["f"]["pending"] == 0, final.sinks
-            dead = (
-                [orjson.loads(x) for x in self.dead.read_bytes().splitlines()]
-                if self.dead.exists()
-                else []
-            )
+            files = [*self.dead.parent.glob("kept-*.jsonl"), self.dead]
+            dead = [
+                orjson.loads(x) for f in files if f.exists() for x in f.read_bytes().splitlines()
+            ]
             dead_seqs = {e["envelope"]["data"]["attributes"]["seq"]["value"] for e in dead}
             missing = set(self.written) - set(_Faults.delivered) - dead_seqs
             assert not missing, f"lost: {sorted(missing)}"
