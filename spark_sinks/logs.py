@@ -61,7 +61,7 @@ def forms(value: str) -> set[str]:
 def add_secret(value: str | None) -> None:
     """Never print this value: every log line, error and status file is scrubbed of it."""
     global _forms
-    if not value or len(value.strip()) < _MIN_LEN:
+    if not value or len(value) < _MIN_LEN:  # forms() drops any form that is too short
         return
     with _lock:
         if value in _secrets:

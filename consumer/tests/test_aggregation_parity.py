@@ -110,8 +110,11 @@ def test_plain_and_aggregated_streams_give_identical_tables(tables, moto, aws_en
     # identical but for where each item was read in its stream
     assert [content(i) for i in kpl_data] == [content(i) for i in plain_data]
     assert [content(i) for i in kpl_meta] == [content(i) for i in plain_meta]
-    # the aggregated items come from user records inside Kinesis records
-    assert all("subSequenceNumber" in i for i in kpl_data)
+    # the aggregated items come from user records inside Kinesis records; a record that
+    # is alone when its batch goes out is sent plain (no aggregate of one), so allow a few
+    aggregated = sum("subSequenceNumber" in i for i in kpl_data)
+    assert aggregated >= len(kpl_data) - kpl_records
+    assert aggregated > 0.9 * len(kpl_data)
     assert not any("subSequenceNumber" in i for i in plain_data)
     # the second stream really was aggregated: a few Kinesis records for 600+ envelopes
     assert plain_records == len(lines) + 3 + 1  # records, metadata, connection test
