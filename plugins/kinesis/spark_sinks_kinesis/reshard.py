@@ -63,6 +63,17 @@ class ShardWatcher:
             return
         if shards:
             self.apply(ShardMap(shards))
+        self._start()
+
+    def load_later(self) -> None:
+        """The stream did not answer at start (e.g. a gateway that boots before its
+        network): learn the shards from the watcher thread, at once and then every
+        ``shard_refresh_seconds``, so that lanes stop sharing shards and the shards'
+        rate limits apply once the stream answers."""
+        self.refresh.set()
+        self._start()
+
+    def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(
                 target=self._watch, name=f"kinesis-{self._name}-shards", daemon=True

@@ -12,7 +12,8 @@ Data flow::
   key on the hash key ranges from ListShards, ``shards.py``), and each shard to one
   *lane*: a lane has one sender thread and at most one PutRecords request in flight, so
   the records of one machine leave in the order they were written. ``max_in_flight``
-  lanes run at once; no two write to the same shard.
+  lanes run at once; no two write to the same shard. (Until the shards are known, after a
+  failed check, lanes are picked by key, and so several may write one shard.)
 * Each shard has its queue in its lane and, with ``rate_limit``, a meter (``rate.py``):
   a request takes from each shard only what the shard's per-second limits allow.
 * When the stream's shards change (listed every ``shard_refresh_seconds``, or at once
@@ -124,19 +125,21 @@ class KinesisSink(Sink):
 
     def check(self) -> str:
         cfg = self.config
+        assert self._watcher is not None
         try:
             summary = self._client.describe_stream_summary(**cfg.stream)["StreamDescriptionSummary"]
         except Exception as exc:
+            self._watcher.load_later()  # a spooled sink runs on
             raise SinkError(self._explain(exc, "DescribeStreamSummary")) from None
         status = summary.get("StreamStatus")
         if status not in ACTIVE_STATES:
+            self._watcher.load_later()
             raise SinkError(
                 f"Kinesis stream {cfg.stream_name!r} in {cfg.region} is {status}, "
                 "not ACTIVE or UPDATING"
             )
         shards = summary.get("OpenShardCount")
         text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
-        assert self._watcher is not None
         self._watcher.load()
         if cfg.connection_test:
             text = f"{text}; connection test record written to {self._connection_test()}"
