@@ -472,7 +472,7 @@ def case_slow_stdout(b: Bench) -> float:
             "flush_timeout": 1,  # then the run ends without draining the slow pipe
         }
     }
-    path = _config(b, ds.ndjson, "slow-stdout", stream, debug)
+    path = _config(b, ds.ndjson, "slow-stdout", stream, debug, **UNMETERED)  # as (c)
     env = {**ENV, "SPARK_SINKS_LOAD_PLUGINS": "kinesis,stdout"}
     with tempfile.TemporaryFile() as err:
         started = time.time()

@@ -6,16 +6,23 @@ Every configured secret (each ``SecretStr`` in a sink or source block, registere
 by ``config`` at every load, so also by a reload) is replaced by ``***`` in every
 form it can take in a line: as is, JSON-escaped, ``repr``-escaped, as the body of a
 bytes ``repr`` (botocore's ``Invalid header value b'...'``), stripped of surrounding
-whitespace, and those forms escaped once more (a ``repr`` inside a JSON log line).
-Values shorter than 4 characters are not redacted (they would blank out words).
+whitespace, and those forms escaped once more (a ``repr`` inside a JSON log line); also
+URL-encoded (``%XX``, ``+`` for a space) and base64-encoded (standard and URL-safe
+alphabets, alone or inside a longer base64 text such as ``user:secret`` in an
+``Authorization`` header: the characters that encode only the secret's bytes, at each of
+the three alignments; the one or two characters it shares with its neighbours remain).
+A secret shorter than 4 characters is not redacted (it would blank out words), and no
+form shorter than 4 characters is replaced.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -48,13 +55,32 @@ def _bytes_repr(v: str) -> str:
 _ESCAPES: tuple[Callable[[str], str], ...] = (_json, _json_ascii, _repr, _bytes_repr)
 
 
+def _url_forms(v: str) -> set[str]:
+    """Percent-encoded as in a query string or a URL's user info and path."""
+    return {urllib.parse.quote(v, safe=""), urllib.parse.quote_plus(v), urllib.parse.quote(v)}
+
+
+def _base64_forms(v: str) -> set[str]:
+    """The base64 characters that encode only ``v``'s bytes, wherever ``v`` starts in
+    the encoded text: one per offset modulo 3, in both alphabets. (Each base64 character
+    holds 6 bits, so after ``k`` bytes of a neighbour, the ones from bit ``8k`` up to
+    the last whole 6 bits of ``v`` are ``v``'s alone.)"""
+    raw = v.encode("utf-8", "surrogatepass")
+    out: set[str] = set()
+    for k in range(3):
+        encoded = base64.b64encode(bytes(k) + raw).decode("ascii")
+        core = encoded[(8 * k + 5) // 6 : 8 * (k + len(raw)) // 6]
+        out |= {core, core.replace("+", "-").replace("/", "_")}
+    return out
+
+
 def forms(value: str) -> set[str]:
     """The texts a secret can appear as in a log line, a status file or an error."""
     out: set[str] = set()
     for v in {value, value.strip()}:
         once = {v, *(escape(v) for escape in _ESCAPES)}
         twice = {escape(x) for x in once for escape in _ESCAPES}
-        out |= once | twice
+        out |= once | twice | _url_forms(v) | _base64_forms(v)
     return {f for f in out if len(f) >= _MIN_LEN}
 
 

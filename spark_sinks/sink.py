@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,6 +33,10 @@ MiB = 1024 * 1024
 WhenFull = Literal["block", "drop_newest", "drop_oldest"]
 MEMORY_BYTES = 8 * MiB
 DISK_BYTES = 256 * MiB
+DEAD_LETTER_BACKLOG_ENVELOPES = 10_000
+DEAD_LETTER_BACKLOG_BYTES = 8 * MiB
+"""Bounds of a sink's dead letters waiting for a file that cannot be written (envelope
+JSON bytes). A dead letter beyond them is counted failed: see ``SinkContext.dead_letter``."""
 
 
 class BufferConfig(BaseModel):
@@ -279,6 +283,25 @@ def lost_anything(s: Mapping[str, Any]) -> bool:
     )
 
 
+class DeadLetter(NamedTuple):
+    """A dead letter waiting for its file."""
+
+    envelope: Envelope
+    reason: str
+    size: int
+    """Bytes of the envelope's JSON (what ``DEAD_LETTER_BACKLOG_BYTES`` counts)."""
+
+
+class Backlog(NamedTuple):
+    """Bounds of the dead letters waiting for their file."""
+
+    envelopes: int = DEAD_LETTER_BACKLOG_ENVELOPES
+    bytes: int = DEAD_LETTER_BACKLOG_BYTES
+
+
+BACKLOG = Backlog()
+
+
 class SinkContext:
     """What the core lends a sink instance: identity, logging, counters, dead letters."""
 
@@ -288,6 +311,7 @@ class SinkContext:
         host: str,
         dead_letter_path: Path | None = None,
         stats: SinkStats | None = None,
+        backlog: Backlog = BACKLOG,
     ) -> None:
         self.name = name
         self.host = host
@@ -301,10 +325,15 @@ class SinkContext:
         """Set when waiting must end now (a second SIGINT/SIGTERM): retry loops give up and
         flush returns, leaving what is undelivered to be reported."""
         self._dl_lock = threading.Lock()
-        """Guards ``_dl_backlog`` and the dead-letter file."""
-        self._dl_backlog: list[tuple[Envelope, str]] = []
+        """Guards ``_dl_backlog``, ``_dl_bytes`` and the dead-letter file."""
+        self._dl_backlog: list[DeadLetter] = []
         """Dead letters whose file write failed: still pending, retried in order."""
+        self._dl_bytes = 0
+        self._dl_bound = backlog
         self._dl_last_log = 0.0
+        self._dl_lost_log = 0.0
+        self._dl_lost_quiet = 0
+        """Dead letters lost and not logged since the last line that said so."""
         self._aside = threading.local()
         """Per thread: ids of envelopes set aside during a write (see ``watch_aside``);
         per thread because the spool's feeder and the source thread both write."""
@@ -328,42 +357,89 @@ class SinkContext:
         Without a configured file the envelope is still counted and logged, so
         the run's exit status reports it. When the file cannot be written, the
         envelope stays pending and the write is retried (``retry_dead_letters``):
-        it counts as dead-lettered only once it is on disk.
+        it counts as dead-lettered only once it is on disk. The dead letters waiting
+        so are bounded (``Backlog``): beyond that, a new one is counted failed and
+        named in an error line, so memory stays bounded and the loss is reported.
         """
         aside: set[int] | None = getattr(self._aside, "ids", None)
         if aside is not None:
             aside.add(id(envelope))
-        with self._dl_lock:
-            self._dl_backlog.append((envelope, reason))
+        letter = DeadLetter(envelope, reason, len(envelope.to_json()))
+        if not self._queue_dead_letter(letter):
+            self.retry_dead_letters()  # the file may work again, making room
+            if not self._queue_dead_letter(letter):
+                self._dead_letter_lost(letter)
+                return
         self.retry_dead_letters()
+
+    def _queue_dead_letter(self, letter: DeadLetter) -> bool:
+        """Queue it unless the backlog is full (one letter always fits an empty one)."""
+        bound = self._dl_bound
+        with self._dl_lock:
+            backlog = self._dl_backlog
+            if backlog and (
+                len(backlog) >= bound.envelopes or self._dl_bytes + letter.size > bound.bytes
+            ):
+                return False
+            backlog.append(letter)
+            self._dl_bytes += letter.size
+        return True
+
+    def _dead_letter_lost(self, letter: DeadLetter) -> None:
+        """The backlog is full: the envelope is given up, counted failed, and the core
+        told it is settled (a spool deletes it). Logged at most every 10 s."""
+        env = letter.envelope
+        quiet = -1  # stays negative unless this one is logged
+        with self._dl_lock:
+            waiting, held = len(self._dl_backlog), self._dl_bytes
+            now = time.monotonic()
+            if now - self._dl_lost_log >= 10.0:
+                self._dl_lost_log = now
+                quiet, self._dl_lost_quiet = self._dl_lost_quiet, 0
+            else:
+                self._dl_lost_quiet += 1
+        msg = (
+            f"dead letters cannot be written to {self.dead_letter_path} and {waiting} "
+            f"({held} bytes) already wait: a {env.type} envelope of {env.machine} is LOST, "
+            f"counted failed ({letter.reason})"
+        )
+        self.stats.add("failed")
+        self.stats.error(msg)
+        if quiet >= 0:
+            more = f" ({quiet} more since the last report)" if quiet else ""
+            self.log.error("%s%s", msg, more)
+        hook = self.on_settled
+        if hook is not None:
+            hook([env])
 
     def retry_dead_letters(self) -> int:
         """Write waiting dead letters, oldest first; return how many still wait."""
-        done: list[tuple[Envelope, str]] = []
+        done: list[DeadLetter] = []
         with self._dl_lock:
             if not self._dl_backlog:
                 return 0
             try:
-                for env, reason in self._dl_backlog:
-                    self._write_dead_letter(env, reason)
-                    done.append((env, reason))
+                for letter in self._dl_backlog:
+                    self._write_dead_letter(letter.envelope, letter.reason)
+                    done.append(letter)
             except OSError as exc:
                 self._dead_letter_failed(exc)
             del self._dl_backlog[: len(done)]
+            self._dl_bytes -= sum(d.size for d in done)
             left = len(self._dl_backlog)
-        for env, reason in done:
+        for env, reason, _ in done:
             self.stats.add("dead_lettered")
             self.stats.error(reason)
             self.log.error("dead-lettered a %s envelope of %s: %s", env.type, env.machine, reason)
         hook = self.on_settled
         if hook is not None and done:
-            hook([env for env, _ in done])
+            hook([d.envelope for d in done])
         return left
 
     def waiting_dead_letters(self) -> set[int]:
         """ids of envelopes whose dead letter could not be written yet."""
         with self._dl_lock:
-            return {id(env) for env, _ in self._dl_backlog}
+            return {id(d.envelope) for d in self._dl_backlog}
 
     def _write_dead_letter(self, envelope: Envelope, reason: str) -> None:
         if self.dead_letter_path is None:

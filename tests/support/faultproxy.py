@@ -38,10 +38,15 @@ on the same port. Use it for outage tests.
 
 ``counters()`` tells how many requests were seen and how many faults of each kind were
 injected. Everything is thread-safe and may be changed while traffic flows.
+
+``FaultProxy(..., record_acks=True)`` also keeps every PutRecords entry answered as
+stored to the client (``acknowledged()``: shard, sequence number, key and data), so a
+test can tell what the sink was told from what the stream holds.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -54,13 +59,22 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 THROTTLED = {
     "ErrorCode": "ProvisionedThroughputExceededException",
     "ErrorMessage": "Rate exceeded for shard in stream (injected by faultproxy).",
 }
 _HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding"}
+
+
+class Ack(NamedTuple):
+    """One PutRecords entry the client was told is stored."""
+
+    shard_id: str
+    sequence_number: str
+    partition_key: str
+    data: bytes
 
 
 class _Server(ThreadingHTTPServer):
@@ -102,7 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultProxy:
     """See the module docstring. ``url`` is where clients connect."""
 
-    def __init__(self, upstream: str, port: int = 0, seed: int | None = None) -> None:
+    def __init__(
+        self, upstream: str, port: int = 0, seed: int | None = None, record_acks: bool = False
+    ) -> None:
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream_host = parsed.hostname or "127.0.0.1"
         self.upstream_port = parsed.port or 80
@@ -114,6 +130,9 @@ class FaultProxy:
         self._server: _Server | None = None
         self._conns: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
+        self._record_acks = record_acks
+        self._acks: list[Ack] = []
+        """Guarded by ``_lock``; only filled with ``record_acks``."""
         self.port = port
         self.set_faults()
 
@@ -212,6 +231,12 @@ class FaultProxy:
         with self._lock:
             self._counters.clear()
 
+    def acknowledged(self) -> list[Ack]:
+        """Every PutRecords entry answered as stored so far, in the order answered
+        (needs ``record_acks=True``)."""
+        with self._lock:
+            return list(self._acks)
+
     # -- the proxy ----------------------------------------------------------------------
 
     def _opened(self, conn: socket.socket) -> None:
@@ -258,11 +283,14 @@ class FaultProxy:
             if targeted and body:
                 body, throttled = self._drop_entries(body)
 
+        acks: list[Ack] = []
         if throttled and body is None:  # every entry throttled: moto is not asked
             status, headers, payload = 200, [("Content-Type", "application/x-amz-json-1.1")], b""
             payload = self._splice(None, throttled)
         else:
             status, headers, payload = self._forward(h, method, body or b"")
+            if self._record_acks and target == "PutRecords" and status == 200:
+                acks = _stored(body or b"", payload)
             if throttled and status == 200:
                 payload = self._splice(payload, throttled)
 
@@ -275,6 +303,9 @@ class FaultProxy:
                 self._count("errors_after")
                 self._reply_error(h)
                 return
+        if acks:
+            with self._lock:
+                self._acks.extend(acks)
         self._reply(h, status, headers, payload)
 
     def _drop_entries(self, body: bytes) -> tuple[bytes | None, list[int]]:
@@ -360,3 +391,15 @@ class FaultProxy:
             h.connection.close()
         except OSError:
             pass
+
+
+def _stored(request: bytes, answer: bytes) -> list[Ack]:
+    """The entries of a forwarded PutRecords request that moto's answer says it stored
+    (answers are in request order)."""
+    sent = json.loads(request)["Records"]
+    results = json.loads(answer)["Records"]
+    return [
+        Ack(r["ShardId"], r["SequenceNumber"], e["PartitionKey"], base64.b64decode(e["Data"]))
+        for e, r in zip(sent, results, strict=True)
+        if not r.get("ErrorCode")
+    ]

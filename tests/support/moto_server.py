@@ -3,6 +3,9 @@
 Tests talk to it with ordinary boto3 clients (``endpoint_url``), and the CLI
 under test reaches it through ``AWS_ENDPOINT_URL``. Being a separate process it
 can be stopped and restarted to simulate an outage.
+
+By default its Kinesis shards store one record at a time (``moto_main.py``): moto's own
+server loses acknowledged records when two requests write one shard at once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.support.processes import terminate
 
@@ -31,16 +35,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+MAIN = Path(__file__).with_name("moto_main.py")
+
+
 class MotoServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, serialised: bool = True) -> None:
+        self.serialised = serialised
+        """Kinesis shards store one record at a time (``moto_main.py``); False: moto as
+        it comes, which loses records written to one shard concurrently."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> MotoServer:
         env = {**os.environ, **FAKE_CREDENTIALS}
+        program = [str(MAIN)] if self.serialised else ["-m", "moto.server"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, *program, "-H", "127.0.0.1", "-p", str(self.port)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from kinesis_helpers import config, edit_sink, open_sink, records_ndjson, run_cli
 from pydantic import ValidationError
@@ -288,9 +288,15 @@ def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
 @given(password=_PASSWORDS, scheme=st.sampled_from(["socks5", "ftp", "http", "https"]))
 def test_a_bad_proxy_url_is_refused_without_repeating_it(password, scheme):
     quoted = urllib.parse.quote(password, safe="")
-    url = f"{scheme}://u:{quoted}@proxy:3128/not-a-proxy-path"
+    text = _refusal(f"{scheme}://u:{quoted}@proxy:3128/not-a-proxy-path")
+    assert "proxy" in text
+    # a password found in the message anyway ('erro' in 'error') proves nothing
+    same = _refusal(f"{scheme}://u:pw@proxy:3128/not-a-proxy-path")
+    assume(password not in same and quoted not in same)
+    assert password not in text and quoted not in text
+
+
+def _refusal(url: str) -> str:
     with pytest.raises(ValidationError) as err:
         KinesisConfig(type="kinesis", stream_name="s", region="us-east-1", proxy=url)
-    text = str(err.value)
-    assert "proxy" in text
-    assert password not in text and quoted not in text
+    return str(err.value)

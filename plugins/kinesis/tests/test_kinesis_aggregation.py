@@ -33,8 +33,9 @@ from kinesis_helpers import (
 )
 from pydantic import ValidationError
 from spark_sinks_kinesis import KinesisConfig, KinesisSink, aggregation, partition_key
+from spark_sinks_kinesis.batching import encode
+from spark_sinks_kinesis.queues import Entry, Route
 from spark_sinks_kinesis.shards import hash_key
-from spark_sinks_kinesis.sink import Entry, Route
 
 from spark_sinks import Envelope, SinkContext
 from tests.support.streams import shard_records
@@ -246,7 +247,7 @@ def test_each_machine_keeps_its_order_under_throttling_500s_and_resets(
     sink.close()
     injected = proxy.counters()
 
-    assert sink.stats.delivered == n and sink._pending == 0
+    assert sink.stats.delivered == n and sink._buf.pending == 0
     assert injected["entries_throttled"] > 100 and injected["errors"] and injected["resets"]
     assert sink.stats.retried > injected["entries_throttled"]  # counted in user records
     read = read_aggregated(kinesis, stream)
@@ -276,7 +277,7 @@ def test_each_machine_keeps_its_order_under_throttling_500s_and_resets(
 
 def _entry(sink: KinesisSink, key: str, i: int, size: int = 100) -> Entry:
     data = b"x" * (size - len(key))
-    route = Route(key, len(key), hash_key(key), sink._lanes[0].shards[0])
+    route = Route(key, len(key), hash_key(key), sink._buf.lanes[0].shards[0])
     return Entry(Envelope("record", "gw", {"i": i}, key), data, route, size, 0.0)
 
 
@@ -290,7 +291,7 @@ def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_res
         max_batch_records=2,
     )
     sink = KinesisSink(cfg, SinkContext("cloud", "gw"))
-    lane = sink._lanes[0]
+    lane = sink._buf.lanes[0]
     # a: 12 records (only ~9 fit one aggregate of 1 KiB), b: 3, c: 2 (over the 2-key limit)
     entries = [_entry(sink, "a", i) for i in range(6)]
     entries += [_entry(sink, "b", 0), _entry(sink, "c", 0), _entry(sink, "b", 1)]
@@ -301,7 +302,7 @@ def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_res
     shard.bytes = lane.bytes = sum(e.size for e in entries)
     lane.count = len(entries)
 
-    groups = sink._take_aggregates(lane, [shard], cfg.max_batch_records)
+    groups = sink._batching.take_aggregates(lane, [shard], cfg.max_batch_records)
 
     assert [g[0].route.key for g in groups] == ["a", "b"]  # order of first appearance, 2 keys
     a, b = groups
@@ -315,7 +316,7 @@ def test_a_request_takes_the_leading_records_of_each_key_once_and_leaves_the_res
     ] + [("c", 1)]
     assert lane.bytes == shard.bytes == sum(e.size for e in left)
     assert lane.count == len(left)
-    units = sink._encode(groups)
+    units = encode(groups, sink._packer.unit)
     assert all(len(u.data) + 1 <= 1024 for u in units)
     assert units[0].data == aggregation.encode(b"a", [e.data for e in a])
 
@@ -393,7 +394,7 @@ def test_an_aggregate_rejected_as_invalid_dead_letters_all_its_records_and_only_
     assert proxy.counters()["entries_throttled"] > 3  # aggregates rejected
     lines = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
     assert sink.stats.dead_lettered == len(lines) > 3 and sink.stats.retried == 0
-    assert sink.stats.delivered + sink.stats.dead_lettered == 1_000 and sink._pending == 0
+    assert sink.stats.delivered + sink.stats.dead_lettered == 1_000 and sink._buf.pending == 0
     assert all("rejected by Kinesis: ValidationException" in x["reason"] for x in lines)
     read = read_aggregated(kinesis, stream)
     stored = {env["data"]["time"] for r in read for _, env in r["users"]}

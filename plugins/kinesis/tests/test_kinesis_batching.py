@@ -106,7 +106,7 @@ def test_each_shard_is_written_by_exactly_one_lane(moto, kinesis, make_stream):
     stream = make_stream(4)
     sink = _sink(moto.url, stream, max_in_flight=4)
     envs = _envelopes(400, machines=40)
-    lane_of = {e.machine: sink._route(e.host, e.machine).shard.lane.index for e in envs}
+    lane_of = {e.machine: sink._buf.route(e.host, e.machine).shard.lane.index for e in envs}
     sink.write(envs)
     sink.flush(10)
     sink.close()
@@ -139,11 +139,11 @@ def test_a_write_blocked_by_backpressure_returns_when_the_operator_insists(
     t.start()
     time.sleep(0.5)
     assert not done, "write should block at max_buffered_bytes"
-    assert sink._buffered <= 1024 * 1024
+    assert sink._buf.bytes <= 1024 * 1024
     sink.context.stopping.set()
     t.join(2)
     assert done, "write should return once stopping is set"
-    assert sink._pending == 2_000  # kept and counted, not dropped
+    assert sink._buf.pending == 2_000  # kept and counted, not dropped
     sink.flush(1)
     sink.close()
     assert sink.stats.delivered == 0

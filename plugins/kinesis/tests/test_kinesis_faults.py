@@ -104,7 +104,7 @@ def test_write_blocks_at_the_buffer_bound_and_memory_stays_bounded(
     def watch() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, sink._buffered)
+            peak = max(peak, sink._buf.bytes)
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
@@ -150,7 +150,7 @@ def test_flush_returns_at_its_deadline_and_on_stopping(moto, proxy, make_stream)
     t0 = time.monotonic()
     sink.flush(0.5)
     assert 0.4 < time.monotonic() - t0 < 2.0
-    assert sink._pending == 100 and sink.stats.delivered == 0 and sink.stats.retried > 0
+    assert sink._buf.pending == 100 and sink.stats.delivered == 0 and sink.stats.retried > 0
     threading.Timer(0.3, sink.context.stopping.set).start()
     t0 = time.monotonic()
     sink.flush(60)
@@ -187,7 +187,7 @@ def test_access_denied_mid_run_holds_the_records_until_the_operator_fixes_it(
             time.sleep(1.0)
             assert sink.stats.delivered == 0
             assert "access denied" in (sink.stats.last_error or "")
-            assert sink._pending == 50  # held, not dropped or dead-lettered
+            assert sink._buf.pending == 50  # held, not dropped or dead-lettered
             assert sink.stats.dead_lettered == 0
         sink.flush(10)  # "fixed": auth is off again
         assert sink.stats.delivered == 50

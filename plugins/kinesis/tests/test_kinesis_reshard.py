@@ -55,22 +55,22 @@ def _run_through_a_resharding(
     writer = threading.Thread(target=write_on)
     writer.start()
     deadline = time.monotonic() + 30
-    while (sink.stats.delivered < 100 or sink._pending < 300) and time.monotonic() < deadline:
+    while (sink.stats.delivered < 100 or sink._buf.pending < 300) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sink._pending >= 300, "the queues must still be deep when the shards change"
+    assert sink._buf.pending >= 300, "the queues must still be deep when the shards change"
     with proxy.hold():  # moto's split is not safe against concurrent puts
         kinesis.update_shard_count(
             StreamName=stream, TargetShardCount=8, ScalingType="UNIFORM_SCALING"
         )
-    while (sink._map is None or len(sink._map) != 8) and time.monotonic() < deadline:
+    while (sink._buf.map is None or len(sink._buf.map) != 8) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sink._map is not None and len(sink._map) == 8
-    assert sink._pending > 0, "the change came after everything was sent"
+    assert sink._buf.map is not None and len(sink._buf.map) == 8
+    assert sink._buf.pending > 0, "the change came after everything was sent"
     assert writer.is_alive(), "the change came after everything was written"
     writer.join(30)
     sink.flush(120)
     sink.close()
-    assert sink.stats.delivered == n and sink._pending == 0
+    assert sink.stats.delivered == n and sink._buf.pending == 0
 
 
 @pytest.mark.slow
