@@ -33,7 +33,7 @@ Then one long run for peak RSS: ``spark-sinks run`` of 1,000,000 records into th
 kinesis sink configured as in (d). (c), (d) and the RSS run set ``rate_limit: off``: moto
 takes any rate, and they measure the sender, not Kinesis's per-shard limits.
 
-Then the shard-aware rate cases (``RATE_CASES``): a backlog of 10,000 records sent through
+Then the shard-aware rate cases (``RATE_CASES``): a backlog of 30,000 records sent through
 ``tests/support/throttle.py``, which meters every shard like Kinesis at scaled-down limits,
 with and without aggregation, each next to the same run with ``rate_limit: off``; time
 against the ideal (the busiest shard's records over its limit) and the share of entries
@@ -730,6 +730,12 @@ def rate_run(b: Bench, n: int, **sink: Any) -> RateRun:
     return RateRun(took, ideal, sum(t["records"] for t in totals) + throttled, throttled)
 
 
+RATE_GOAL = 1.1
+"""Issue 14: a backlog finishes within 1.1 times the ideal time ..."""
+REFUSED_GOAL = 0.05
+"""... with at most 5% of the entries sent refused for throttling."""
+
+
 def rate_report(runs: dict[str, list[RateRun]], n: int) -> list[str]:
     lim = RATE_LIMITS
     lines = [
@@ -738,28 +744,33 @@ def rate_report(runs: dict[str, list[RateRun]], n: int) -> list[str]:
         f"through tests/support/throttle.py: Kinesis's per-shard limits scaled to "
         f"{lim['records_per_second']} records/s and {lim['bytes_per_second'] // 1024} KiB/s, "
         "per wall-clock second. Ideal: the busiest shard's accepted records (or bytes) over "
-        "its limit. Median of the runs by time.",
+        "its limit. Each figure is the median of the runs (the worst in brackets); the goals "
+        "apply to the medians of the shard-aware cases (the -off cases are the shard-unaware "
+        "sender of before, for comparison).",
         "",
-        "| case | what | seconds | ideal s | time / ideal | entries sent | throttled |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| case | what | seconds | ideal s | time / ideal | goal | entries sent | refused | goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label, _ in RATE_CASES:
         if key not in runs:
             continue
-        r = sorted(runs[key], key=lambda x: x.seconds)[len(runs[key]) // 2]
+        rs = runs[key]
+        ratios = [r.seconds / r.ideal for r in rs]
+        shares = [r.throttled / r.sent for r in rs]
+        goal_time = goal_refused = "-"
+        if not key.endswith("-off"):
+            ok = statistics.median(ratios) <= RATE_GOAL
+            goal_time = f"<= {RATE_GOAL:g} ({'met' if ok else 'NOT met'})"
+            ok = statistics.median(shares) <= REFUSED_GOAL
+            goal_refused = f"<= {REFUSED_GOAL:.0%} ({'met' if ok else 'NOT met'})"
         lines.append(
-            f"| {key} | {label} | {r.seconds:.1f} | {r.ideal:.1f} | {r.seconds / r.ideal:.2f} "
-            f"| {r.sent:,} | {r.throttled:,} ({100 * r.throttled / r.sent:.1f}%) |"
+            f"| {key} | {label} | {statistics.median(r.seconds for r in rs):.1f} "
+            f"| {statistics.median(r.ideal for r in rs):.1f} "
+            f"| {statistics.median(ratios):.2f} ({max(ratios):.2f}) | {goal_time} "
+            f"| {statistics.median(r.sent for r in rs):,.0f} "
+            f"| {100 * statistics.median(shares):.1f}% ({100 * max(shares):.1f}%) "
+            f"| {goal_refused} |"
         )
-    for key in ("rate", "rate-kpl"):
-        if key in runs:
-            worst = max(r.seconds / r.ideal for r in runs[key])
-            share = max(r.throttled / r.sent for r in runs[key])
-            ok = "met" if worst <= 1.1 and share <= 0.05 else "NOT met"
-            lines.append(
-                f"{key}: worst time / ideal {worst:.2f} (goal <= 1.1), worst throttled share "
-                f"{100 * share:.1f}% (goal <= 5%): {ok}."
-            )
     return lines
 
 
@@ -909,7 +920,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each case; median counts")
     ap.add_argument("--seed-repeat", type=int, default=1, help="runs of (a), which is slow")
     ap.add_argument("--only", default="", help="comma list of case keys, e.g. b,c,e-kpl")
-    ap.add_argument("--rate-records", type=int, default=10_000, help="records of the rate cases")
+    # 30,000: the busiest shard's 12,000 records take 60 s at its scaled-down limit, so
+    # that the process's start (1-2 s, more on a loaded machine) weighs little
+    ap.add_argument("--rate-records", type=int, default=30_000, help="records of the rate cases")
     ap.add_argument("--rate-repeat", type=int, default=1, help="runs of each rate case")
     args = ap.parse_args()
     only = {k.strip() for k in args.only.split(",") if k.strip()}

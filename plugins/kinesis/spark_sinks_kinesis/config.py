@@ -224,8 +224,9 @@ class KinesisConfig(SinkConfig):
     envelopes behind them take about ten times as much memory as Python objects."""
     max_in_flight: int = Field(4, ge=1, le=64)
     """Concurrent PutRecords requests ("lanes"). Each shard (learnt with ListShards at
-    start) is written by one lane only, and a partition key always uses the same lane, so
-    the records of one machine still leave one request after the other."""
+    start) is written by one lane only, or with ``rate_limit`` by up to
+    ``max_in_flight_per_shard`` lanes; a partition key always uses the same lane, so the
+    records of one machine still leave one request after the other."""
 
     connect_timeout: float = Field(5.0, gt=0, le=300)
     read_timeout: float = Field(15.0, gt=0, le=300)
@@ -254,6 +255,11 @@ class KinesisConfig(SinkConfig):
     (``shard_limits``), and adapt to the throttling the stream answers. ``off``: send as
     fast as the lanes go and rely on retries (for emulators that do not meter)."""
     shard_limits: ShardLimitsConfig = ShardLimitsConfig.model_validate({})
+    max_in_flight_per_shard: int = Field(4, ge=1, le=64)
+    """With ``rate_limit``: requests out to one shard at once (at most ``max_in_flight``).
+    The shard's partition keys are spread over this many queues, each sent by one lane,
+    so that the shard's budget is not idle while a request waits for its answer; one
+    partition key is never in two requests at once."""
     shard_refresh_seconds: float = Field(60.0, ge=0.1, le=86_400)
     """How often the shard map is listed again (besides when a write lands on a shard the
     map does not know), to follow splits, merges and on-demand scaling."""

@@ -17,10 +17,14 @@ sends blindly spends most requests on refusals and backs off far below capacity.
   A single record larger than what is left may go when the second is empty (a record
   of up to ``max_record_bytes`` must go some time).
 
-``factor`` adapts to what the shard answers (AIMD): a throttled entry cuts it (at most
-once per second, since one burst is refused entry by entry), and every second without
-throttling raises it a step, back up to the configured limits. So a shard shared with
-another producer, or limits set too high, settle where the stream stops refusing.
+``factor`` adapts to what the shard answers (AIMD): refused entries cut it by their share
+of all the shard took and refused in the last second, at most to ``CUT`` of what it was
+when this second of cuts began (one burst is refused entry by entry, over several
+answers); every second without throttling raises it a step, back up to the configured
+limits. So a shard shared with another producer, or limits set too high, settle where
+the stream stops refusing, while the few entries a server's one-second windows refuse
+when requests arrive late (network or scheduling delays) cost only their own share of
+the rate.
 
 Only the thread that holds the sink's lock uses a meter (see ``sink.py``).
 """
@@ -39,7 +43,7 @@ not spent on one or two records each."""
 WINDOW_SECONDS = 1.0
 _EPSILON = 1e-6
 CUT = 0.9
-"""Factor applied to the rate when a shard throttles."""
+"""The deepest cut of the rate when a shard throttles (a tenth at most once a second)."""
 STEP = 0.05
 """Added to the factor per second without throttling."""
 FLOOR = 0.1
@@ -69,12 +73,17 @@ class ShardMeter:
     module docstring."""
 
     __slots__ = (
+        "_answer_bytes",
+        "_answer_records",
         "_calm_since",
         "_cut_at",
+        "_cut_from",
         "_last",
         "_log",
         "_logged_bytes",
         "_logged_records",
+        "_refused_bytes",
+        "_refused_records",
         "bytes",
         "factor",
         "limits",
@@ -91,8 +100,16 @@ class ShardMeter:
         self._log: deque[Sent] = deque()
         self._logged_records = 0
         self._logged_bytes = 0
+        self._answer_records = 0
+        """Refunded since the last ``throttled`` (the refusals of one answer)."""
+        self._answer_bytes = 0
+        self._refused_records = 0
+        """Refused since the second of cuts began (``_cut_at``)."""
+        self._refused_bytes = 0
         self._last = now
         self._cut_at = -1e9
+        self._cut_from = 1.0
+        """``factor`` when the second of cuts began."""
         self._calm_since = now
 
     @property
@@ -187,7 +204,10 @@ class ShardMeter:
 
     def refund(self, sent: Sent, records: int, nbytes: int) -> None:
         """Of what ``sent`` carried, the shard refused this much: it does not count
-        against the shard's second (Kinesis counts only what it stores)."""
+        against the shard's second (Kinesis counts only what it stores). Call
+        ``throttled`` after the refunds of one answer."""
+        self._answer_records += records
+        self._answer_bytes += nbytes
         if sent.at + WINDOW_SECONDS <= self._last:
             return  # no longer in the log
         sent.records -= records
@@ -196,11 +216,30 @@ class ShardMeter:
         self._logged_bytes -= nbytes
 
     def throttled(self, now: float) -> None:
-        """The shard refused entries: cut the rate (once per second) and empty the
-        buckets, so that it rests for a refill before the entries go again."""
-        if now - self._cut_at >= 1.0:
-            self.factor = max(FLOOR, self.factor * CUT)
+        """The shard refused the entries just refunded: cut the rate by the share of what
+        it refused since this second of cuts began, at most to ``CUT`` of the rate then;
+        and empty the buckets, so that it rests for a refill before the entries go
+        again."""
+        if now - self._cut_at >= 1.0:  # a new second of cuts
             self._cut_at = now
+            self._cut_from = self.factor
+            self._refused_records = self._refused_bytes = 0
+        self._refused_records += self._answer_records
+        self._refused_bytes += self._answer_bytes
+        self._answer_records = self._answer_bytes = 0
+        self.factor = max(FLOOR, self._cut_from * max(CUT, 1.0 - self._refused_share()))
         self._calm_since = now
         self.records = min(self.records, 0.0)
         self.bytes = min(self.bytes, 0.0)
+
+    def _refused_share(self) -> float:
+        """What the shard refused since the second of cuts began, as a share of that and
+        all it took in the last second, by records or by bytes, whichever is larger (1
+        when the refusals are unknown)."""
+        r, b = self._refused_records, self._refused_bytes
+        if r <= 0:
+            return 1.0
+        share = r / (r + max(self._logged_records, 0))
+        if b > 0:
+            share = max(share, b / (b + max(self._logged_bytes, 0)))
+        return share

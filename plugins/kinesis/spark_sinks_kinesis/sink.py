@@ -9,12 +9,16 @@ Data flow::
        +------------------- space freed <---- delivered / dead-lettered
 
 * Each partition key (host/machine) maps to a shard, as Kinesis maps it (the MD5 of the
-  key on the hash key ranges from ListShards, ``shards.py``), and each shard to one
-  *lane*: a lane has one sender thread and at most one PutRecords request in flight, so
-  the records of one machine leave in the order they were written. ``max_in_flight``
-  lanes run at once; no two write to the same shard.
-* Each shard has its queue in its lane and, with ``rate_limit``, a meter (``rate.py``):
-  a request takes from each shard only what the shard's per-second limits allow.
+  key on the hash key ranges from ListShards, ``shards.py``), and to one of the shard's
+  queues, each in one *lane*: a lane has one sender thread and at most one PutRecords
+  request in flight, so the records of one machine leave in the order they were
+  written. ``max_in_flight`` lanes run at once. Without ``rate_limit`` a shard has one
+  queue, so no two lanes write to the same shard; with it, a shard has up to
+  ``max_in_flight_per_shard`` queues in as many lanes (its keys spread over them by
+  their MD5's low bits), so that requests to it overlap and its budget is not idle
+  while one waits for its answer.
+* With ``rate_limit`` each shard has a meter (``rate.py``), shared by its queues: a
+  request takes from each queue only what its shard's per-second limits allow.
 * When the stream's shards change (listed every ``shard_refresh_seconds``, or at once
   when a record lands on a shard the map does not know), the lanes pause until no
   request is out, and every queued record moves, in order, to its key's new shard.
@@ -78,7 +82,14 @@ class KinesisSink(Sink):
 
     def __init__(self, config: KinesisConfig, context: Any) -> None:
         super().__init__(config, context)
-        self._buf = Buffer(config.max_in_flight, config.max_buffered_bytes, context.stopping)
+        # with rate limits, a shard's budget is spent by several lanes (see Buffer.per_shard)
+        per_shard = min(config.max_in_flight_per_shard, config.max_in_flight)
+        self._buf = Buffer(
+            config.max_in_flight,
+            config.max_buffered_bytes,
+            context.stopping,
+            per_shard if config.rate_limit else 1,
+        )
         self._batching = Batching(config, config.max_in_flight)
         self._packer = Packer(config, context.dead_letter)
         self._explain = Explainer(config)
@@ -360,7 +371,8 @@ class KinesisSink(Sink):
             sent = lane.tickets.get(r.shard)
             if sent is not None:
                 meter.refund(sent, 1, r.size)
-        for shard in {r.shard for r in refused}:
-            if shard.meter is not None:
-                shard.meter.throttled(now)
+        # a shard's queues share its meter: it hears of the request's refusals once
+        for meter in {id(r.shard.meter): r.shard.meter for r in refused}.values():
+            if meter is not None:
+                meter.throttled(now)
         return True
