@@ -145,14 +145,16 @@ class ClosedShardProxy(ThrottleProxy):
     After ``close_old_shards()`` (called once the stream is resharded), every PutRecords
     entry whose key lay on a shard that is now closed is refused, and not stored, with
     ``code`` and a message naming that shard, until the sink lists the shards again (a
-    ListShards through this proxy). moto cannot do this: it stores every write, on the
-    first shard, open or closed, whose range holds the key."""
+    ListShards through this proxy). With ``whole_request``, a request holding such an
+    entry is refused as a whole instead (HTTP 400). moto cannot do this: it stores every
+    write, on the first shard, open or closed, whose range holds the key."""
 
-    def __init__(self, upstream: str, code: str) -> None:
+    def __init__(self, upstream: str, code: str, whole_request: bool = False) -> None:
         super().__init__(
             upstream, records_per_second=10_000, bytes_per_second=2**30, serialize=True
         )
         self.code = code
+        self.whole_request = whole_request
         self._state = threading.Lock()
         """Owns everything below (requests are handled on the proxy's threads)."""
         self._starts: list[int] = []
@@ -199,8 +201,23 @@ class ClosedShardProxy(ThrottleProxy):
                 if old not in open_ids and i not in refused:
                     marks[i] = old
             self.refused += len(marks)
+        if self.whole_request:  # refused by _forward, without asking moto
+            self._marks.closed = {}
+            self._marks.refuse = next(iter(marks.values()), None)
+            return refused
         self._marks.closed = marks
         return sorted([*refused, *marks])
+
+    def _forward(
+        self, h: _Handler, method: str, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        shard = getattr(self._marks, "refuse", None)
+        self._marks.refuse = None
+        if shard is None:
+            return super()._forward(h, method, body)
+        message = f"Shard {shard} in stream is closed (injected by the test)"
+        payload = json.dumps({"__type": self.code, "message": message}).encode()
+        return 400, [("Content-Type", "application/x-amz-json-1.1")], payload
 
     def _splice(self, payload: bytes | None, throttled: list[int]) -> bytes:
         answer = json.loads(super()._splice(payload, throttled))
@@ -214,15 +231,19 @@ class ClosedShardProxy(ThrottleProxy):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("code", "aggregation"),
-    [("InvalidArgumentException", "none"), ("ResourceNotFoundException", "kpl")],
+    ("code", "aggregation", "whole_request"),
+    [
+        ("InvalidArgumentException", "none", False),
+        ("ResourceNotFoundException", "kpl", False),
+        ("InvalidArgumentException", "none", True),
+    ],
 )
 def test_a_write_refused_for_a_closed_shard_lists_the_shards_at_once_and_resends_in_order(
-    moto, kinesis, make_stream, code, aggregation
+    moto, kinesis, make_stream, code, aggregation, whole_request
 ):
     stream = make_stream(4)
     n = 3_000
-    with ClosedShardProxy(moto.url, code) as proxy:
+    with ClosedShardProxy(moto.url, code, whole_request) as proxy:
         proxy.remember_shards(stream)
         sink = open_sink(
             proxy.url,
