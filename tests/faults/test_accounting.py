@@ -266,7 +266,7 @@ def test_after_a_failed_check_the_lanes_follow_the_shards_once_they_are_listed(
         proc = start(write_config(tmp_path, {"cloud": sink}, machines=_MACHINES))
         assert proc.stdin is not None and proc.stderr is not None
         wait_until(lambda: status(tmp_path), what="the run to start")
-        time.sleep(2)  # the watcher lists the shards a second after the failed check
+        time.sleep(2)  # the watcher lists the shards right after the failed check
         proxy.set_faults(slow=1.0, slow_seconds=0.02)  # every PutRecords stays out a while
         since = time.monotonic()  # the metadata went out before: lanes picked by key
         proc.stdin.write(_twelve_machines(2_000))

@@ -18,6 +18,10 @@ proxy does the same::
   take the shard over its records or bytes budget of the current second is refused;
   the entries that fit are forwarded to moto, and the answer is spliced back in request
   order with ``FailedRecordCount`` (see ``faultproxy.FaultProxy``).
+* It watches the requests it holds at once: ``most_in_flight()`` tells, per shard, the
+  most requests with entries for it at the same time, and ``overlaps()`` the partition
+  keys that were in two requests at the same time (a sender that keeps each key's
+  order never does that).
 
 Two helps for a resharding on moto, which is not safe against concurrent writes to one
 shard (two puts can take the same sequence number, and one record is lost; Kinesis has no
@@ -93,6 +97,12 @@ class ThrottleProxy(FaultProxy):
         self._accepted: Counter[str] = Counter()
         self._accepted_bytes: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
+        self._in_flight: Counter[str] = Counter()
+        self._most_in_flight: Counter[str] = Counter()
+        self._keys_out: Counter[str] = Counter()
+        self._overlaps: Counter[str] = Counter()
+        self._mine = threading.local()
+        """The shards and keys of the request the current thread handles."""
         self._gate = threading.Condition()
         """Owns ``_held`` and ``_inside``."""
         self._held = False
@@ -118,13 +128,27 @@ class ThrottleProxy(FaultProxy):
             while self._held:
                 self._gate.wait()
             self._inside += 1
+        self._mine.shards, self._mine.keys = set(), set()
         try:
             with self._one_at_a_time:
                 super()._handle(h, method)
         finally:
+            with self._budget_lock:
+                self._in_flight.subtract(self._mine.shards)
+                self._keys_out.subtract(self._mine.keys)
             with self._gate:
                 self._inside -= 1
                 self._gate.notify_all()
+
+    def most_in_flight(self) -> dict[str, int]:
+        """Per shard id: the most PutRecords requests with entries for it held at once."""
+        with self._budget_lock:
+            return dict(self._most_in_flight)
+
+    def overlaps(self) -> dict[str, int]:
+        """Per partition key: how often a request carried it while another did."""
+        with self._budget_lock:
+            return dict(self._overlaps)
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per shard id: ``records`` and ``bytes`` accepted, ``throttled`` entries."""
@@ -176,6 +200,7 @@ class ThrottleProxy(FaultProxy):
                 else:
                     key_hash = int.from_bytes(hashlib.md5(key).digest(), "big")
                 shard = shards.ids[max(bisect.bisect_right(shards.starts, key_hash) - 1, 0)]
+                self._hold(shard, r["PartitionKey"])
                 size = len(base64.b64decode(r["Data"])) + len(key)
                 w = self._windows.setdefault(shard, _Window())
                 if w.second != second:
@@ -190,3 +215,17 @@ class ThrottleProxy(FaultProxy):
                 self._accepted[shard] += 1
                 self._accepted_bytes[shard] += size
         return refused
+
+    def _hold(self, shard: str, key: str) -> None:
+        """(Holding the budget lock.) Note that this thread's request carries ``key`` to
+        ``shard``, until it is answered."""
+        mine = self._mine
+        if shard not in mine.shards:
+            mine.shards.add(shard)
+            self._in_flight[shard] += 1
+            self._most_in_flight[shard] = max(self._most_in_flight[shard], self._in_flight[shard])
+        if key not in mine.keys:
+            mine.keys.add(key)
+            if self._keys_out[key]:
+                self._overlaps[key] += 1
+            self._keys_out[key] += 1

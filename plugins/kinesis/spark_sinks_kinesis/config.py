@@ -14,7 +14,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spark_sinks import SinkConfig
 
@@ -224,8 +233,9 @@ class KinesisConfig(SinkConfig):
     envelopes behind them take about ten times as much memory as Python objects."""
     max_in_flight: int = Field(4, ge=1, le=64)
     """Concurrent PutRecords requests ("lanes"). Each shard (learnt with ListShards at
-    start) is written by one lane only, and a partition key always uses the same lane, so
-    the records of one machine still leave one request after the other."""
+    start) is written by one lane only, or with ``rate_limit`` by up to
+    ``max_in_flight_per_shard`` lanes; a partition key always uses the same lane, so the
+    records of one machine still leave one request after the other."""
 
     connect_timeout: float = Field(5.0, gt=0, le=300)
     read_timeout: float = Field(15.0, gt=0, le=300)
@@ -254,6 +264,11 @@ class KinesisConfig(SinkConfig):
     (``shard_limits``), and adapt to the throttling the stream answers. ``off``: send as
     fast as the lanes go and rely on retries (for emulators that do not meter)."""
     shard_limits: ShardLimitsConfig = ShardLimitsConfig.model_validate({})
+    max_in_flight_per_shard: int = Field(4, ge=1, le=64)
+    """With ``rate_limit``: requests out to one shard at once (at most ``max_in_flight``).
+    The shard's partition keys are spread over this many queues, each sent by one lane,
+    so that the shard's budget is not idle while a request waits for its answer; one
+    partition key is never in two requests at once."""
     shard_refresh_seconds: float = Field(60.0, ge=0.1, le=86_400)
     """How often the shard map is listed again (besides when a write lands on a shard the
     map does not know), to follow splits, merges and on-demand scaling."""
@@ -268,6 +283,35 @@ class KinesisConfig(SinkConfig):
         ):
             return {**data, "max_batch_bytes": AGGREGATED_BATCH_BYTES}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _record_bytes_default(cls, data: Any) -> Any:
+        """With ``rate_limit``, ``max_record_bytes`` defaults to at most what a shard takes
+        in a second (``shard_limits.bytes_per_second``): a larger record could never be
+        sent, and would hold up its shard's queue for good."""
+        if not isinstance(data, dict) or "max_record_bytes" in data:
+            return data
+        try:
+            limits = ShardLimitsConfig.model_validate(data.get("shard_limits", {}))
+            metered = TypeAdapter(bool).validate_python(data.get("rate_limit", True))
+        except ValidationError:
+            return data  # the fields' own validators name the problem
+        if metered and limits.bytes_per_second < MiB:
+            return {**data, "max_record_bytes": limits.bytes_per_second}
+        return data
+
+    @model_validator(mode="after")
+    def _record_fits_a_shard(self) -> KinesisConfig:
+        limit = self.shard_limits.bytes_per_second
+        if self.rate_limit and self.max_record_bytes > limit:
+            raise ValueError(
+                f"max_record_bytes ({self.max_record_bytes}) exceeds "
+                f"shard_limits.bytes_per_second ({limit}): with rate_limit such a record "
+                "could never be sent; lower max_record_bytes, raise "
+                "shard_limits.bytes_per_second, or set rate_limit: false"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -178,9 +178,14 @@ class Lane:
 class Buffer:
     """The lanes and their queues, what they hold, and the shard map they follow."""
 
-    def __init__(self, lanes: int, limit: int, stopping: threading.Event) -> None:
+    def __init__(
+        self, lanes: int, limit: int, stopping: threading.Event, per_shard: int = 1
+    ) -> None:
         self.limit = limit
         """``max_buffered_bytes``."""
+        self.per_shard = per_shard
+        """Queues of each shard, each in another lane where there are lanes enough: as
+        many requests may be out to one shard at once (``max_in_flight_per_shard``)."""
         self.lock = threading.Lock()
         self.not_full = threading.Condition(self.lock)
         """Notified when records are settled and free space."""
@@ -203,6 +208,9 @@ class Buffer:
         """Bumped with every new shard map."""
         self.map: ShardMap | None = None
         """The open shards the lanes follow; None when ListShards is not allowed."""
+        self.queues: list[list[Shard]] = [lane.shards for lane in self.lanes]
+        """Each shard's queues, by its index in the map (without a map: each lane's
+        one queue)."""
         self._stopping = stopping
 
     def halted(self) -> bool:
@@ -219,11 +227,13 @@ class Buffer:
         return route
 
     def shard_of(self, key_hash: int) -> Shard:
-        """Kinesis maps the MD5 of the key onto the shards' hash ranges; without a map,
-        the key picks a lane."""
+        """The queue of a key. Kinesis maps the MD5 of the key onto the shards' hash
+        ranges (without a map, the key picks a lane); of the shard's queues, the MD5's
+        low bits pick one, so a key always uses the same queue and lane."""
         lanes = self.lanes
         index = (key_hash >> 96) % len(lanes) if self.map is None else self.map.index(key_hash)
-        return lanes[index % len(lanes)].shards[index // len(lanes)]
+        queues = self.queues[index]
+        return queues[key_hash % len(queues)]
 
     def add(self, entry: Entry) -> Lane:
         """(Holding the lock.) Queue ``entry`` on its key's shard; returns its lane."""
@@ -248,23 +258,30 @@ class Buffer:
             self.not_full.wait(0.2)
 
     def rebuild(self, new: ShardMap, meter: Callable[[str, float], ShardMeter | None]) -> None:
-        """(Holding the lock, no request out.) New per-shard queues following ``new``;
-        every queued record moves, in order, to its key's new shard. ``meter`` gives a
-        shard's meter (a shard that stays keeps its own)."""
+        """(Holding the lock, no request out.) New queues following ``new``, ``per_shard``
+        of each shard, spread over the lanes; every queued record moves, in order, to its
+        key's new queue. ``meter`` gives a shard's meter, shared by its queues (a shard
+        that stays keeps its own)."""
         now = time.monotonic()
         self.version += 1
         lanes = self.lanes
+        per = self.per_shard
         old = [sh for lane in lanes for sh in lane.shards]
-        shards = [
-            Shard(rng.shard_id, lanes[i % len(lanes)], meter(rng.shard_id, now), self.version)
-            for i, rng in enumerate(new.shards)
-        ]
+        self.queues = []
+        for i, rng in enumerate(new.shards):
+            shared = meter(rng.shard_id, now)
+            self.queues.append(
+                [
+                    Shard(rng.shard_id, lanes[(i * per + j) % len(lanes)], shared, self.version)
+                    for j in range(per)
+                ]
+            )
         for lane in lanes:
-            lane.shards = [sh for sh in shards if sh.lane is lane]
+            lane.shards = [sh for queues in self.queues for sh in queues if sh.lane is lane]
             lane.next = lane.bytes = lane.count = 0
         self.map = new
         for route in list(self.routes.values()):  # write may add one meanwhile
-            route.shard = shards[new.index(route.hash_key)]
+            route.shard = self.shard_of(route.hash_key)
         for sh in old:
             for e in sh.queue:
                 e.route.shard.add(e)

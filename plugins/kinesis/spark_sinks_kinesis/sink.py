@@ -9,13 +9,17 @@ Data flow::
        +------------------- space freed <---- delivered / dead-lettered
 
 * Each partition key (host/machine) maps to a shard, as Kinesis maps it (the MD5 of the
-  key on the hash key ranges from ListShards, ``shards.py``), and each shard to one
-  *lane*: a lane has one sender thread and at most one PutRecords request in flight, so
-  the records of one machine leave in the order they were written. ``max_in_flight``
-  lanes run at once; no two write to the same shard. (Until the shards are known, after a
-  failed check, lanes are picked by key, and so several may write one shard.)
-* Each shard has its queue in its lane and, with ``rate_limit``, a meter (``rate.py``):
-  a request takes from each shard only what the shard's per-second limits allow.
+  key on the hash key ranges from ListShards, ``shards.py``), and to one of the shard's
+  queues, each in one *lane*: a lane has one sender thread and at most one PutRecords
+  request in flight, so the records of one machine leave in the order they were
+  written. ``max_in_flight`` lanes run at once. Without ``rate_limit`` a shard has one
+  queue, so no two lanes write to the same shard; with it, a shard has up to
+  ``max_in_flight_per_shard`` queues in as many lanes (its keys spread over them by
+  their MD5's low bits), so that requests to it overlap and its budget is not idle
+  while one waits for its answer. (Until the shards are known, after a failed check,
+  lanes are picked by key, and so several may write one shard.)
+* With ``rate_limit`` each shard has a meter (``rate.py``), shared by its queues: a
+  request takes from each queue only what its shard's per-second limits allow.
 * When the stream's shards change (listed every ``shard_refresh_seconds``, or at once
   when a record lands on a shard the map does not know), the lanes pause until no
   request is out, and every queued record moves, in order, to its key's new shard.
@@ -68,6 +72,18 @@ from .sender import Sender
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("ACTIVE", "UPDATING")
+PROVISIONED = "PROVISIONED"
+ON_DEMAND = "ON_DEMAND"
+ON_DEMAND_REFRESH_SECONDS = 10.0
+"""How often the shards of an on-demand stream are listed when ``shard_refresh_seconds``
+is not set: Kinesis adds and removes them by itself, as the traffic changes."""
+
+
+def refresh_seconds(config: KinesisConfig, mode: str) -> float:
+    """Seconds between two listings of the shards, for a stream of ``mode``."""
+    if mode == ON_DEMAND and "shard_refresh_seconds" not in config.model_fields_set:
+        return min(config.shard_refresh_seconds, ON_DEMAND_REFRESH_SECONDS)
+    return config.shard_refresh_seconds
 
 
 class KinesisSink(Sink):
@@ -79,7 +95,14 @@ class KinesisSink(Sink):
 
     def __init__(self, config: KinesisConfig, context: Any) -> None:
         super().__init__(config, context)
-        self._buf = Buffer(config.max_in_flight, config.max_buffered_bytes, context.stopping)
+        # with rate limits, a shard's budget is spent by several lanes (see Buffer.per_shard)
+        per_shard = min(config.max_in_flight_per_shard, config.max_in_flight)
+        self._buf = Buffer(
+            config.max_in_flight,
+            config.max_buffered_bytes,
+            context.stopping,
+            per_shard if config.rate_limit else 1,
+        )
         self._batching = Batching(config, config.max_in_flight)
         self._packer = Packer(config, context.dead_letter)
         self._explain = Explainer(config)
@@ -110,7 +133,10 @@ class KinesisSink(Sink):
         self._watcher = ShardWatcher(
             self._buf, client, cfg.stream, cfg, self._explain, self.log, self.name
         )
-        self._sender = Sender(client, cfg.stream, self._explain, self._note, self._watcher.notice)
+        watcher = self._watcher
+        self._sender = Sender(
+            client, cfg.stream, self._explain, self._note, watcher.notice, watcher.stale
+        )
         for lane in self._buf.lanes:
             lane.thread = threading.Thread(
                 target=self._run_lane, args=(lane,), name=f"kinesis-{self.name}-{lane.index}"
@@ -139,7 +165,11 @@ class KinesisSink(Sink):
                 "not ACTIVE or UPDATING"
             )
         shards = summary.get("OpenShardCount")
-        text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
+        mode = str((summary.get("StreamModeDetails") or {}).get("StreamMode") or PROVISIONED)
+        text = (
+            f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({mode}, {shards} open shards)"
+        )
+        self._watcher.period = refresh_seconds(cfg, mode)
         self._watcher.load()
         if cfg.connection_test:
             text = f"{text}; connection test record written to {self._connection_test()}"
@@ -363,7 +393,8 @@ class KinesisSink(Sink):
             sent = lane.tickets.get(r.shard)
             if sent is not None:
                 meter.refund(sent, 1, r.size)
-        for shard in {r.shard for r in refused}:
-            if shard.meter is not None:
-                shard.meter.throttled(now)
+        # a shard's queues share its meter: it hears of the request's refusals once
+        for meter in {id(r.shard.meter): r.shard.meter for r in refused}.values():
+            if meter is not None:
+                meter.throttled(now)
         return True

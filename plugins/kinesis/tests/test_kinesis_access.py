@@ -271,9 +271,9 @@ def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
         f"a {password} b {quoted} c {pair} d {base64.b64encode(pair.encode()).decode()} "
         f"e {access.masked_proxy(url)}"
     )
-    # the registry is global: start from nothing, leave it as it was (the forms of every
-    # earlier example, kept, would in the end blank words of the masked URL)
-    saved = set(logs._secrets), logs._forms
+    # the registry is global: start from nothing and leave it as it was, forms included (a
+    # password's forms left behind redacted words of later tests' messages, such as 'bytes')
+    saved, forms = set(logs._secrets), logs._forms
     logs._secrets.clear()
     logs._forms = ()
     try:
@@ -282,8 +282,8 @@ def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
         redacted = logs.redact(line)
     finally:
         logs._secrets.clear()
-        logs._secrets.update(saved[0])
-        logs._forms = saved[1]
+        logs._secrets.update(saved)
+        logs._forms = forms
     for form in (password, quoted, base64.b64encode(pair.encode()).decode()):
         assert form not in redacted
     assert "http://***@proxy.plant.example:3128" in redacted

@@ -151,3 +151,50 @@ def test_rate_settings_are_checked_with_one_line(tmp_path):
     proc = run_cli("check", "-c", str(base))
     err = proc.stderr.decode().strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "rate_limit" in err, err
+
+
+@pytest.mark.parametrize("aggregation", ["none", "kpl"])
+def test_requests_overlap_on_a_shard_and_each_machine_keeps_its_order_under_throttling(
+    tmp_path, moto, kinesis, make_stream, aggregation
+):
+    """One shard, 8 machines, and a sink that believes the shard takes twice what it
+    does: requests to the shard overlap (up to max_in_flight of them), many entries are
+    refused and retried, and still no machine is in two requests at once and each
+    machine's records are stored in the order written. (Without aggregation the proxy
+    refuses a shard's entries from the first one over its records budget on, so a
+    request's accepted entries never follow a refused one of the same machine: any
+    disorder here would come from overlapping requests.)"""
+    stream = make_stream(1)
+    n = 2_000
+    data = records_ndjson(tmp_path / "in.ndjson", n, machines=8).read_bytes()
+    real = {"records_per_second": 800, "bytes_per_second": 512 * 1024}
+    believed = {"records_per_second": 1_600, "bytes_per_second": 1024 * 1024}
+    with ThrottleProxy(moto.url, **real) as proxy:
+        cfg = config(
+            tmp_path / "c.yaml",
+            stream,
+            proxy.url,
+            machines=8,
+            shard_limits=believed,
+            max_in_flight=4,
+            connection_test=False,
+            aggregation=aggregation,
+        )
+        proc = run_cli("run", "-c", str(cfg), input=data, timeout=120)
+        most, overlaps = proxy.most_in_flight(), proxy.overlaps()
+        throttled = sum(t["throttled"] for t in proxy.totals().values())
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err[-3000:]
+    summary = re.search(r"sink 'cloud': (\d+) accepted, (\d+) delivered", err)
+    assert summary and summary.groups() == (str(n + 8), str(n + 8)), err[-2000:]
+    assert throttled > 0, "the shard never refused: the test attacked nothing"
+    assert max(most.values()) >= 2, most
+    assert overlaps == {}
+    times: dict[str, list[int]] = {}
+    for r in read_aggregated(kinesis, stream):
+        for _, env in r["users"]:
+            if env["type"] == "record":
+                times.setdefault(env["data"]["machine"], []).append(env["data"]["time"])
+    assert sum(len(t) for t in times.values()) == n
+    for machine, t in times.items():
+        assert t == sorted(t), f"{machine}'s records were stored out of order"
