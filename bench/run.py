@@ -24,7 +24,8 @@ Cases, each on a fresh 4-shard stream of the same moto server process:
                    process of its own, timed the same way (see ``mqtt_bare_case.py``)
   g      slow-out  (c) next to a ``stdout`` sink whose standard output is a slow pipe (a
                    reader taking 4 KiB every 50 ms), with ``buffer: {type: memory,
-                   when_full: drop_newest}``: Kinesis records per second, timed from
+                   max_bytes: 1 MiB, when_full: drop_newest}`` (it must drop, or the
+                   case fails): Kinesis records per second, timed from
                    process start to the last record's arrival in the stream (moto's
                    ApproximateArrivalTimestamp); compared with (c) timed the same way
 
@@ -442,6 +443,11 @@ SLOW_PAUSE = 0.05
 hundredth of what the stdout sink would need to keep up with (c))."""
 
 
+SLOW_BUFFER = 1 * MiB
+"""(g): the stdout sink's memory buffer, far less than the run's envelopes (10 MB at
+20,000 records), so that the slow pipe makes it drop."""
+
+
 def _read_slowly(pipe: Any) -> None:
     while pipe.read(SLOW_READ):
         time.sleep(SLOW_PAUSE)
@@ -460,7 +466,9 @@ def case_slow_stdout(b: Bench) -> float:
     debug = {
         "debug": {
             "type": "stdout",
-            "buffer": {"type": "memory", "when_full": "drop_newest"},
+            # 1 MiB: about four batches of 500 envelopes. The 8 MiB default held all of
+            # a short run (nothing was dropped), so the drop path went unmeasured.
+            "buffer": {"type": "memory", "max_bytes": SLOW_BUFFER, "when_full": "drop_newest"},
             "flush_timeout": 1,  # then the run ends without draining the slow pipe
         }
     }
@@ -485,7 +493,9 @@ def case_slow_stdout(b: Bench) -> float:
     # the debug sink loses what the pipe could not take: dropped (exit 1 says so)
     assert proc.returncode == 1, log[-2000:]
     summary = next((x for x in log.splitlines() if "sink 'debug':" in x), "")
-    b.dropped.append(_count(summary, "dropped"))
+    dropped = _count(summary, "dropped")
+    assert dropped > 0, f"(g) must exercise the drop path: {summary}"
+    b.dropped.append(dropped)
     b.left.append(_count(summary, "pending"))
     return ds.n / (last - started)
 

@@ -28,6 +28,26 @@ def build(output: Path, python_version: str, platform: str) -> Path:
     staging = output.parent / "package"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    _install_requirements(staging, python_version, platform)
+    for src in sorted((HERE / PACKAGE).glob("*.py")):
+        if src.name not in EXCLUDE_FROM_PACKAGE:
+            (staging / PACKAGE).mkdir(exist_ok=True)
+            shutil.copy2(src, staging / PACKAGE / src.name)
+    output.unlink(missing_ok=True)
+    with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for path in sorted(staging.rglob("*")):
+            rel = path.relative_to(staging)
+            if path.is_dir() or "__pycache__" in rel.parts or rel.parts[0] == "bin":
+                continue
+            info = zipfile.ZipInfo(rel.as_posix(), FIXED_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    return output
+
+
+def _install_requirements(staging: Path, python_version: str, platform: str) -> None:
+    """The wheels of requirements.txt for the Lambda runtime, into ``staging``."""
     done = subprocess.run(
         [
             sys.executable,
@@ -56,21 +76,6 @@ def build(output: Path, python_version: str, platform: str) -> Path:
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
         raise SystemExit(f"pip could not install requirements.txt for {platform}")
-    for src in sorted((HERE / PACKAGE).glob("*.py")):
-        if src.name not in EXCLUDE_FROM_PACKAGE:
-            (staging / PACKAGE).mkdir(exist_ok=True)
-            shutil.copy2(src, staging / PACKAGE / src.name)
-    output.unlink(missing_ok=True)
-    with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for path in sorted(staging.rglob("*")):
-            rel = path.relative_to(staging)
-            if path.is_dir() or "__pycache__" in rel.parts or rel.parts[0] == "bin":
-                continue
-            info = zipfile.ZipInfo(rel.as_posix(), FIXED_TIME)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, path.read_bytes())
-    return output
 
 
 def main() -> int:

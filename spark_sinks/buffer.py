@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from .envelope import Envelope
 from .errors import SinkError
@@ -64,6 +64,15 @@ the sink's own ``flush(timeout)`` may return a moment late."""
 _LOG_EVERY = 10.0
 _POLL = 0.2
 """Seconds between looks at ``context.shutdown`` while the source waits for space."""
+
+
+class BufferDepth(NamedTuple):
+    """What a memory buffer holds: part of its sink's ``pending`` (the rest is in the
+    sink itself, or being written)."""
+
+    envelopes: int
+    bytes: int
+    """Bytes of envelope JSON, as ``max_bytes`` counts them."""
 
 
 class Batch:
@@ -116,8 +125,9 @@ class Inlet(Protocol):
         waits for that and says False if the sink was abandoned. (The runtime starts every
         sink's stop before waiting for any, so that they drain side by side.)"""
 
-    def depth(self) -> int:
-        """Envelopes accepted and waiting for the sink (0 when written straight through)."""
+    def depth(self) -> BufferDepth | None:
+        """What waits in the memory buffer for the sink; None without one (written
+        straight through)."""
 
 
 class DirectInlet:
@@ -152,8 +162,8 @@ class DirectInlet:
 
         return wait
 
-    def depth(self) -> int:
-        return 0
+    def depth(self) -> BufferDepth | None:
+        return None
 
 
 @dataclass(eq=False)
@@ -295,9 +305,9 @@ class SinkWorker:
         self._last_drop_log = now
         self._drops_unlogged = 0
 
-    def depth(self) -> int:
+    def depth(self) -> BufferDepth:
         with self._cond:
-            return self._waiting
+            return BufferDepth(self._waiting, self._bytes)
 
     # -- flush and stop (the runtime's side) ----------------------------------------------
 
@@ -325,7 +335,7 @@ class SinkWorker:
             "abandoned with %d envelopes still queued for it",
             a.label(),
             timeout,
-            self.depth(),
+            self.depth().envelopes,
         )
         a.stats.error(f"abandoned after flush_timeout ({timeout:g}s)")
         return False

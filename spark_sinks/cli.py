@@ -21,11 +21,11 @@ from . import __version__, logs
 from .config import Config, load_config
 from .errors import ConfigError, SparkSinksError
 from .metrics import check_operations
-from .plugins import LOAD_ENV, Registry, load_registry
+from .plugins import LOAD_ENV, Provided, Registry, load_registry
 from .runtime import EXIT_CONFIG, Report, Runtime, path_problems, start_sink, stop_sink
 from .sink import describe, lost_anything
 from .status import read_status, verdict
-from .supervisor import Phase, Supervisor
+from .supervisor import CheckSupervisor, Phase, Supervisor
 
 log = logging.getLogger("spark_sinks")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,11 +111,13 @@ def run(config_path: Path) -> None:
 def summarise(report: Report) -> None:
     """The run's last lines: the input, then one line per sink."""
     log.info(
-        "input: %d items, %d envelopes assembled, %d rejected, %d incomplete records dropped",
+        "input: %d items, %d envelopes assembled, %d rejected, %d incomplete records dropped, "
+        "%d incomplete records emitted",
         report.items,
         report.envelopes,
         report.rejected,
         report.incomplete_dropped,
+        report.incomplete_emitted,
     )
     for name, s in report.sinks.items():
         why = report.not_started.get(name)
@@ -132,7 +134,15 @@ def summarise(report: Report) -> None:
 @CONFIG_OPTION
 @log_options
 def check(config_path: Path) -> None:
-    """Validate the config and run each enabled sink's connection check."""
+    """Validate the config and run each enabled sink's connection check.
+
+    Exits 0 when every check passed, 1 when one failed, 2 for a bad config; a first
+    SIGINT/SIGTERM ends it at once with one line and 128 + the signal's number."""
+    sys.exit(CheckSupervisor().run(lambda sup: _check(config_path, sup)))
+
+
+def _check(config_path: Path, sup: CheckSupervisor) -> int:
+    """The checks, on their own thread: the config and operations, then each sink."""
     config, _ = _load(config_path)
     ops = check_operations(config.operations)
     problems = ops.problems + path_problems(config)
@@ -149,6 +159,7 @@ def check(config_path: Path) -> None:
         if not spec.config.enabled:
             click.echo(f"sink {spec.name}: disabled")
             continue
+        sup.doing = f"checking sink {spec.name!r} (open and connection check)"
         try:
             active = start_sink(spec, config.host, probe=True)
         except SparkSinksError as exc:
@@ -158,7 +169,7 @@ def check(config_path: Path) -> None:
         stop_sink(active)
         detail = "" if active.checked == "ok" else f" ({active.checked})"
         click.echo(logs.redact(f"sink {spec.name}: ok{detail}"))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 @cli.command()
@@ -190,25 +201,43 @@ def plugins(as_json: bool) -> None:
 
     Exits 1 when a plugin is broken (failed to load or raised in a hook)."""
     registry = load_registry()
-    rows: list[dict[str, Any]] = []
-    for p in registry.plugins:
-        rows.append(
-            {
-                "name": p.name,
-                "distribution": p.distribution,
-                "version": p.version,
-                "hooks": list(p.hooks),
-                "sink_types": sorted(
-                    k for k, v in registry.sink_types.items() if v.plugin.name == p.name
-                ),
-                "source_types": sorted(
-                    k for k, v in registry.source_types.items() if v.plugin.name == p.name
-                ),
-            }
-        )
+    rows = _plugin_rows(registry)
     if as_json:
         click.echo(orjson.dumps({"plugins": rows, "broken": registry.broken}).decode())
         sys.exit(1 if registry.broken else 0)
+    _print_plugins(rows, registry)
+    if registry.broken:
+        loaded = ",".join(
+            r["name"] for r in rows if r["distribution"] and r["name"] not in registry.broken
+        )
+        click.echo(
+            f"To start without a broken plugin, list the plugins to load: "
+            f"{LOAD_ENV}={loaded or '<names>'}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _plugin_rows(registry: Registry) -> list[dict[str, Any]]:
+    """One row per loaded plugin, as ``plugins --json`` prints them."""
+
+    def provided(kinds: dict[str, Provided], plugin: str) -> list[str]:
+        return sorted(k for k, v in kinds.items() if v.plugin.name == plugin)
+
+    return [
+        {
+            "name": p.name,
+            "distribution": p.distribution,
+            "version": p.version,
+            "hooks": list(p.hooks),
+            "sink_types": provided(registry.sink_types, p.name),
+            "source_types": provided(registry.source_types, p.name),
+        }
+        for p in registry.plugins
+    ]
+
+
+def _print_plugins(rows: list[dict[str, Any]], registry: Registry) -> None:
     for r in rows:
         dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "built into core"
         click.echo(f"{r['name']} ({dist})")
@@ -221,16 +250,6 @@ def plugins(as_json: bool) -> None:
         click.echo(
             f"{name} ({registry.distribution(name) or 'unknown distribution'}): BROKEN: {why}"
         )
-    if registry.broken:
-        loaded = ",".join(
-            r["name"] for r in rows if r["distribution"] and r["name"] not in registry.broken
-        )
-        click.echo(
-            f"To start without a broken plugin, list the plugins to load: "
-            f"{LOAD_ENV}={loaded or '<names>'}",
-            err=True,
-        )
-        sys.exit(1)
 
 
 def main() -> None:

@@ -223,7 +223,6 @@ def _check_shape(root: yaml.Node) -> None:
     here, so this walk is linear in the file, whatever the expansion."""
     if isinstance(root, yaml.ScalarNode):
         return
-    scalar = yaml.ScalarNode
     shapes: dict[int, _Shape] = {}
     """id of each collection walked -> its shape."""
     path: set[int] = set()
@@ -232,36 +231,50 @@ def _check_shape(root: yaml.Node) -> None:
     while stack:
         node, depth = stack[-1]
         key = id(node)
-        kids = _children(node)
         if key not in path:  # first visit: walk the collections in it
             if key in shapes:  # walked already, through another alias
                 stack.pop()
                 continue
             path.add(key)
-            for c in kids:
-                if type(c) is scalar:
-                    continue
-                if id(c) in path:
-                    raise _shape_error(c, "an alias refers to a node that contains it")
-                height = shapes[id(c)].height if id(c) in shapes else 1
-                if depth + height > MAX_DEPTH:
-                    raise _shape_error(c, f"nested deeper than {MAX_DEPTH} levels")
-                stack.append((c, depth + 1))
+            stack.extend(_to_walk(node, depth, path, shapes))
             continue
         stack.pop()  # second visit: every collection in it is walked
         path.discard(key)
-        nodes, height = 1, 1
-        for c in kids:
-            if type(c) is scalar:
-                nodes += 1
-                height = max(height, 2)
-            else:
-                n, h = shapes[id(c)]
-                nodes += n
-                height = max(height, h + 1)
-        if nodes > MAX_NODES:
-            raise _shape_error(node, f"more than {MAX_NODES:,} values and keys (aliases expanded)")
-        shapes[key] = _Shape(nodes, height)
+        shapes[key] = _shape(node, shapes)
+
+
+def _to_walk(
+    node: yaml.Node, depth: int, path: set[int], shapes: dict[int, _Shape]
+) -> list[tuple[yaml.Node, int]]:
+    """The collections in ``node`` (at ``depth``) with their depth; refuses a cycle, or
+    one that is known already to nest too deep."""
+    out = []
+    for c in _children(node):
+        if type(c) is yaml.ScalarNode:
+            continue
+        if id(c) in path:
+            raise _shape_error(c, "an alias refers to a node that contains it")
+        height = shapes[id(c)].height if id(c) in shapes else 1
+        if depth + height > MAX_DEPTH:
+            raise _shape_error(c, f"nested deeper than {MAX_DEPTH} levels")
+        out.append((c, depth + 1))
+    return out
+
+
+def _shape(node: yaml.Node, shapes: dict[int, _Shape]) -> _Shape:
+    """The shape of a collection whose collections all have theirs in ``shapes``."""
+    nodes, height = 1, 1
+    for c in _children(node):
+        if type(c) is yaml.ScalarNode:
+            nodes += 1
+            height = max(height, 2)
+        else:
+            n, h = shapes[id(c)]
+            nodes += n
+            height = max(height, h + 1)
+    if nodes > MAX_NODES:
+        raise _shape_error(node, f"more than {MAX_NODES:,} values and keys (aliases expanded)")
+    return _Shape(nodes, height)
 
 
 def _shape_error(node: yaml.Node, problem: str) -> ConfigError:

@@ -267,9 +267,16 @@ _COUNTERS = {
     "delivered": "Envelopes the destination accepted",
     "retried": "Envelope send attempts that were retried",
     "dead_lettered": "Envelopes set aside as undeliverable",
-    "dropped": "Envelopes dropped (spool full with on_full: drop_oldest)",
+    "dropped": "Envelopes dropped by a full buffer (when_full: drop_newest or drop_oldest)",
     "failed": "Envelopes lost to a sink error",
     "throttled": "Requests or entries the destination refused for throttling",
+}
+
+
+_DEPTHS = {
+    "spool_depth": "Envelopes waiting in the spool (disk buffer)",
+    "buffer_envelopes": "Envelopes waiting in the memory buffer (part of pending)",
+    "buffer_bytes": "Bytes of envelope JSON waiting in the memory buffer",
 }
 
 
@@ -287,15 +294,15 @@ def _collector(snapshot: Snapshot) -> Any:
             pending = GaugeMetricFamily(
                 "spark_sinks_pending", "Envelopes accepted, not yet settled", labels=["sink"]
             )
-            spool = GaugeMetricFamily(
-                "spark_sinks_spool_depth", "Envelopes waiting in the spool", labels=["sink"]
-            )
             for name, s in snap["sinks"].items():
                 pending.add_metric([name], s["pending"])
-                if s.get("spool_depth") is not None:
-                    spool.add_metric([name], s["spool_depth"])
             yield pending
-            yield spool
+            for field, doc in _DEPTHS.items():
+                gauge = GaugeMetricFamily(f"spark_sinks_{field}", doc, labels=["sink"])
+                for name, s in snap["sinks"].items():
+                    if s.get(field) is not None:  # the sink has that buffer, and runs
+                        gauge.add_metric([name], s[field])
+                yield gauge
             i = snap["input"]
             yield CounterMetricFamily(
                 "spark_sinks_input_items", "Input items read", value=i["items"]

@@ -90,20 +90,27 @@ def start_sink(
     # open and check run where the sink's writes will run (its worker), like every call
     active.inlet.run(lambda: active.call("open", sink.open))
     if check:
-        try:
-            active.checked = str(active.inlet.run(lambda: active.call("check", sink.check)) or "ok")
-        except SinkError as exc:
-            if isinstance(sink, SpooledSink):
-                # A gateway that boots before its network must not refuse to run: the
-                # spool keeps everything until the destination answers.
-                log.error("%s; starting anyway, the spool keeps everything until it works", exc)
-                active.checked = f"not reachable yet: {exc}"
-                return active
-            stop_sink(active)
-            raise
-        if not probe:  # `spark-sinks check` prints the verdict itself
-            log.info("sink %r ready: %s", spec.name, active.checked)
+        _check(active, probe)
     return active
+
+
+def _check(active: ActiveSink, probe: bool) -> None:
+    """Run the sink's connection check on its worker; a failure stops the sink and raises,
+    except for a sink with a spool (see ``start_sink``)."""
+    sink = active.sink
+    try:
+        active.checked = str(active.inlet.run(lambda: active.call("check", sink.check)) or "ok")
+    except SinkError as exc:
+        if isinstance(sink, SpooledSink):
+            # A gateway that boots before its network must not refuse to run: the
+            # spool keeps everything until the destination answers.
+            log.error("%s; starting anyway, the spool keeps everything until it works", exc)
+            active.checked = f"not reachable yet: {exc}"
+            return
+        stop_sink(active)
+        raise
+    if not probe:  # `spark-sinks check` prints the verdict itself
+        log.info("sink %r ready: %s", active.name, active.checked)
 
 
 def stop_sink(active: ActiveSink) -> bool:
@@ -119,6 +126,8 @@ class Report:
     envelopes: int = 0
     rejected: int = 0
     incomplete_dropped: int = 0
+    incomplete_emitted: int = 0
+    """Records sent without every variable (``on_incomplete: emit``)."""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_started: dict[str, str] = field(default_factory=dict)
     """Sinks that could not start (or were stopped while starting), with the reason."""
@@ -346,14 +355,13 @@ class Runtime:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             running = self.dispatcher.sinks
-            sinks = {k: {**v, "spool_depth": None} for k, v in self._finished.items()}
+            sinks = {k: {**v, **_NOT_RUNNING} for k, v in self._finished.items()}
             live = {a.name: a.stats.snapshot() for a in running}
             for name in self._start_failures:
-                sinks[name] = {**self._missed(name), "spool_depth": None}
+                sinks[name] = {**self._missed(name), **_NOT_RUNNING}
         for a in running:
             snap = live[a.name]
-            spool = getattr(a.sink, "spool", None)
-            snap["spool_depth"] = spool.rows if isinstance(spool, Spool) else None
+            snap.update(_depths(a))
             prev = sinks.get(a.name)
             sinks[a.name] = snap if prev is None else add_up(prev, snap)
         for name, s in sinks.items():
@@ -366,6 +374,7 @@ class Runtime:
                 "envelopes": self.pipeline.envelopes,
                 "rejected": self.rejects.count,
                 "incomplete_dropped": self.assembler.incomplete_dropped,
+                "incomplete_emitted": self.assembler.incomplete_emitted,
             },
             "sinks": sinks,
         }
@@ -380,6 +389,7 @@ class Runtime:
             envelopes=self.pipeline.envelopes,
             rejected=self.rejects.count,
             incomplete_dropped=self.assembler.incomplete_dropped,
+            incomplete_emitted=self.assembler.incomplete_emitted,
             sinks=sinks,
             not_started={name: msg for name, (msg, _) in self._start_failures.items()},
         )
@@ -410,11 +420,31 @@ class Runtime:
     def reload(self) -> bool:
         """Re-read the config file and apply it; an invalid file changes nothing."""
         old = self.config
+        new = self._load_for_reload()
+        if new is None:
+            return False
+        if new.source != old.source:
+            log.warning("the source settings changed: that takes a restart to apply")
+        self._retire_changed(new)
+        self._forget_failures(new)
+        self.config = new
+        self._reconfigure_machines(new)
+        self._start_new(new)
+        log.info(
+            "reload applied: %d machines, sinks running: %s",
+            len(new.machines),
+            ", ".join(a.name for a in self.dispatcher.sinks) or "none",
+        )
+        return True
+
+    def _load_for_reload(self) -> Config | None:
+        """The new config, or None (logged) when it cannot be applied."""
+        path = self.config.path
         try:
-            new = load_config(old.path, self.registry or load_registry())
+            new = load_config(path, self.registry or load_registry())
         except ConfigError as exc:
             log.error("reload rejected, the running configuration stays: %s", exc)
-            return False
+            return None
         except Exception as exc:  # a bug must not end a daemon that runs fine
             log.error(
                 "reload rejected, the running configuration stays: internal error: %s: %s",
@@ -422,7 +452,7 @@ class Runtime:
                 str(exc)[:300],
             )
             log.debug("traceback", exc_info=True)
-            return False
+            return None
         problems = path_problems(new)
         if problems:
             log.error(
@@ -430,39 +460,51 @@ class Runtime:
                 new.path,
                 "; ".join(problems),
             )
-            return False
-        if new.source != old.source:
-            log.warning("the source settings changed: that takes a restart to apply")
-        running = {a.name: a for a in self.dispatcher.sinks}
-        for name, a in running.items():
+            return None
+        return new
+
+    def _retire_changed(self, new: Config) -> None:
+        """Flush and stop the running sinks that ``new`` removes, disables or changes."""
+        old = self.config
+        for a in self.dispatcher.sinks:  # a tuple: retiring one does not change it
+            name = a.name
             spec = new.sinks.get(name)
-            if spec is None or not spec.config.enabled or _changed(spec, old.sinks[name]):
-                why = (
-                    "removed"
-                    if spec is None
-                    else "disabled"
-                    if not spec.config.enabled
-                    else "changed"
-                )
-                log.info("reload: sink %r %s; flushing and stopping it", name, why)
-                self._retire(a)
+            if spec is None:
+                why = "removed"
+            elif not spec.config.enabled:
+                why = "disabled"
+            elif _changed(spec, old.sinks[name]):
+                why = "changed"
+            else:
+                continue
+            log.info("reload: sink %r %s; flushing and stopping it", name, why)
+            self._retire(a)
+
+    def _forget_failures(self, new: Config) -> None:
+        """Sinks that could not start and that ``new`` removes or disables: their final
+        counters are kept, and no start is retried."""
         with self._lock:
             for name in list(self._start_failures):
                 spec = new.sinks.get(name)
                 if spec is None or not spec.config.enabled:
                     self._finished[name] = self._missed(name)
                     del self._start_failures[name]
-        self.config = new
+
+    def _reconfigure_machines(self, new: Config) -> None:
+        """Open cycles of changed machines, then the metadata of changed machines (of all,
+        with a new host), go to the sinks that kept running; they learn which machines
+        stopped publishing."""
         self.assembler.on_incomplete = new.on_incomplete
         was_publishing = {n for n, m in self.assembler.machines.items() if m.publishing}
-        # open cycles of changed machines, then metadata of changed machines (of all with a
-        # new host) to the sinks that kept running ...
         changed = self.assembler.reconfigure(new.machines, new.host)
         retired = sorted(was_publishing - {n for n, m in new.machines.items() if m.publishing})
         self.pipeline.emit(changed)
         if retired:
             self._machines_retired(retired)
-        # ... and all metadata to the sinks that start now
+
+    def _start_new(self, new: Config) -> None:
+        """Start the enabled sinks not running (new, changed, or failed before); each gets
+        all metadata first."""
         for name, spec in new.sinks.items():
             if not spec.config.enabled or name in {a.name for a in self.dispatcher.sinks}:
                 continue
@@ -480,18 +522,32 @@ class Runtime:
                     self._finished[name] = self._missed(name)
                     del self._start_failures[name]
             log.info("reload: sink %r started", name)
-            meta = self.assembler.all_metadata()
             single = Dispatcher()
             single.add(active)
-            single.dispatch(meta)  # through its own buffer, ahead of anything else
+            # through its own buffer, ahead of anything else
+            single.dispatch(self.assembler.all_metadata())
             with self._lock:
                 self.dispatcher.add(active)
-        log.info(
-            "reload applied: %d machines, sinks running: %s",
-            len(new.machines),
-            ", ".join(a.name for a in self.dispatcher.sinks) or "none",
-        )
-        return True
+
+
+_NOT_RUNNING: dict[str, int | None] = {
+    "spool_depth": None,
+    "buffer_envelopes": None,
+    "buffer_bytes": None,
+}
+"""The depths in the snapshot of a sink that is not running."""
+
+
+def _depths(a: ActiveSink) -> dict[str, int | None]:
+    """What waits in a running sink's spool, and in its memory buffer (both part of its
+    ``pending``); None for the buffer it does not have."""
+    spool = getattr(a.sink, "spool", None)
+    depth = a.inlet.depth()
+    return {
+        "spool_depth": spool.rows if isinstance(spool, Spool) else None,
+        "buffer_envelopes": None if depth is None else depth.envelopes,
+        "buffer_bytes": None if depth is None else depth.bytes,
+    }
 
 
 def _changed(new: SinkSpec, old: SinkSpec | None) -> bool:

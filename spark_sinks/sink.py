@@ -258,6 +258,10 @@ def describe(s: Mapping[str, Any]) -> str:
         text += f"; {s['retried']} retried"
     if s.get("spool_depth") is not None:
         text += f"; {s['spool_depth']} in the spool"
+    if s.get("buffer_envelopes"):
+        size = s.get("buffer_bytes")
+        text += f"; {s['buffer_envelopes']} in the memory buffer"
+        text += f" ({size:,} bytes)" if size is not None else ""
     if s.get("lost_in_corrupt_spool") or s.get("corrupt_spools"):
         lost = s.get("lost_in_corrupt_spool") or "an unknown number of"
         text += (

@@ -142,9 +142,9 @@ class Spool:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def _connect(self) -> int:
-        # Refuse what cannot be read before SQLite sees it: an unreadable file is not a
-        # corrupt one, and must not be moved aside.
+    def _readable(self) -> None:
+        """Refuse what cannot be read before SQLite sees it: an unreadable file is not a
+        corrupt one, and must not be moved aside."""
         for path in (self.file, Path(f"{self.file}-wal"), Path(f"{self.file}-shm")):
             if path == self.file or path.exists():
                 try:
@@ -154,6 +154,9 @@ class Spool:
                         f"cannot read spool file {path}: {exc.strerror or exc}; refusing "
                         "to start (the file is left as it is)"
                     ) from None
+
+    def _connect(self) -> int:
+        self._readable()
         db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None)
         self._db = db
         try:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import format_validation_error
 from .errors import SparkSinksError
+from .sink import describe, lost_anything
 
 MAX_BYTES = 16 * 1024 * 1024
 """A status file is a few kB per sink; anything this large is not one."""
@@ -40,7 +41,12 @@ class SinkStatus(_Model):
     dropped: int = Field(ge=0)
     failed: int = Field(ge=0)
     pending: int = Field(ge=0)
+    replayed: int = Field(0, ge=0)
+    throttled: int = Field(0, ge=0)
+    overreported: int = Field(0, ge=0)
     spool_depth: int | None = Field(None, ge=0)
+    buffer_envelopes: int | None = Field(None, ge=0)
+    buffer_bytes: int | None = Field(None, ge=0)
     corrupt_spools: int = Field(0, ge=0)
     lost_in_corrupt_spool: int = Field(0, ge=0)
     last_error: str | None = None
@@ -99,17 +105,9 @@ def _ago(now: float, then: float | None) -> str:
 
 
 def _counts(s: SinkStatus) -> str:
-    text = (
-        f"{s.delivered} delivered, {s.pending} pending, {s.dead_lettered} dead-lettered, "
-        f"{s.dropped} dropped, {s.failed} failed"
-    )
-    if s.spool_depth is not None:
-        text += f", {s.spool_depth} in spool"
-    if s.corrupt_spools:
-        text += f", {s.lost_in_corrupt_spool} lost in {s.corrupt_spools} corrupt spool file(s)"
-    if s.last_error:
-        text += f"; last error: {s.last_error}"
-    return text
+    """The sink's sentence, as the log and the exit summary say it, and its last error."""
+    text = describe(s.model_dump())
+    return f"{text}; last error: {s.last_error}" if s.last_error else text
 
 
 def verdict(snap: StatusFile, now: float | None = None) -> Verdict:
@@ -120,9 +118,8 @@ def verdict(snap: StatusFile, now: float | None = None) -> Verdict:
     if snap.final:
         lines = [f"EXITED: {head}; the run ended {_ago(now, snap.time)}"]
         for name, s in snap.sinks.items():
-            lost = s.accepted - s.delivered
-            state = "all delivered" if not lost else f"{lost} NOT delivered"
-            lines.append(f"sink {name}: {state}; {s.accepted} accepted, {_counts(s)}")
+            state = "LOST ENVELOPES" if lost_anything(s.model_dump()) else "all delivered"
+            lines.append(f"sink {name}: {state}; {_counts(s)}")
         return Verdict(False, lines)
     if age > 3 * interval:
         lines = [f"STALE: {head}; last status {age:.0f}s ago: is spark-sinks running?"]

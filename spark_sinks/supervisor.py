@@ -150,3 +150,52 @@ class Supervisor:
             self._result = self.body(self)
         except BaseException as exc:  # handed to the main thread, which reports it
             self._error = exc
+
+
+@dataclass
+class CheckSupervisor:
+    """The main thread of ``spark-sinks check``: the checks run on a thread of their own,
+    the main thread takes SIGINT/SIGTERM. A check writes nothing and holds nothing that
+    needs closing, so the first signal ends the process at once: one line naming what was
+    being checked, and exit 128 + the signal's number (130 for SIGINT, 143 for SIGTERM),
+    as a shell reports a command a signal ended."""
+
+    doing: str = Phase.LOADING.value
+    """What the checks are doing, for that line; written by the checks' thread only."""
+
+    def run(self, body: Callable[[CheckSupervisor], int]) -> int:
+        """``body``'s exit code; re-raises its exception (``sys.exit`` included)."""
+        received: list[int] = []
+        """Signals, appended by the handler (main thread only)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda n, _frame: received.append(n))
+        outcome: list[int] = []
+        error: list[BaseException] = []
+
+        def checks() -> None:
+            try:
+                outcome.append(body(self))
+            except BaseException as exc:  # handed to the main thread, which raises it
+                error.append(exc)
+
+        thread = threading.Thread(target=checks, name="check", daemon=True)
+        thread.start()
+        while thread.is_alive() and not received:
+            thread.join(_POLL)
+        if thread.is_alive():
+            self._stopped(received[0])
+        if error:
+            raise error[0]
+        return outcome[0]
+
+    def _stopped(self, signum: int) -> None:
+        log.error(
+            "%s received while %s: check stopped; what was not checked yet is unknown",
+            signal.Signals(signum).name,
+            self.doing,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: the interpreter would wait for the checks' thread, stuck in a socket.
+        os._exit(128 + signum)

@@ -1,3 +1,4 @@
+import contextlib
 import uuid
 
 
@@ -44,3 +45,38 @@ def test_concurrent_writes_to_one_shard_keep_every_acknowledged_record(moto):
     assert len(acks) == 8 * 10 * 100
     assert len(set(acks)) == len(acks), "one sequence number acknowledged for two records"
     assert len(stored) == len(acks)
+
+
+def test_concurrent_conditional_updates_of_one_item_keep_the_newest(moto):
+    """The consumer stores metadata with ``attribute_not_exists(pk) OR version < :v`` from
+    several threads; moto as it comes creates a new item empty before applying the update,
+    so a concurrent update could be refused against it and the older version stay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = moto.client("dynamodb")
+    table = f"probe-{uuid.uuid4().hex[:8]}"
+    db.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    def update(key_and_version):
+        key, version = key_and_version
+        with contextlib.suppress(db.exceptions.ConditionalCheckFailedException):
+            moto.client("dynamodb").update_item(
+                TableName=table,
+                Key={"pk": {"S": key}},
+                UpdateExpression="SET #v = :v",
+                ConditionExpression="attribute_not_exists(pk) OR #v < :v",
+                ExpressionAttributeNames={"#v": "version"},
+                ExpressionAttributeValues={":v": {"N": str(version)}},
+            )
+
+    keys = [f"k{i}" for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(update, [(k, v) for k in keys for v in (1, 2)]))
+    for k in keys:
+        item = db.get_item(TableName=table, Key={"pk": {"S": k}})["Item"]
+        assert item["version"] == {"N": "2"}, (k, item)

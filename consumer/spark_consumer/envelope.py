@@ -123,16 +123,7 @@ def partition_key(host: str, machine: str) -> str:
 
 def decode(payload: bytes) -> Envelope:
     """Parse and validate one envelope. Floats become ``Decimal``."""
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRecord(f"data is not UTF-8: {exc}") from None
-    try:
-        obj = json.loads(text, parse_float=Decimal, parse_constant=_constant)
-    except ValueError as exc:
-        raise BadRecord(f"data is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise BadRecord(f"envelope is a JSON {type(obj).__name__}, not an object")
+    obj = _parse(payload)
     kind = obj.get("type")
     host = _text(obj, "host", "envelope")
     data = obj.get("data")
@@ -143,21 +134,44 @@ def decode(payload: bytes) -> Envelope:
     if not isinstance(data, dict):
         raise BadRecord(f"{kind} data is not an object")
     if kind == "record":
-        machine = _text(data, "machine", "record data")
-        time = normalize_time(data.get("time"))
-        attributes = data.get("attributes")
-        if not isinstance(attributes, dict):
-            raise BadRecord("record data.attributes is not an object")
-        record = Record(
-            host=host,
-            machine=machine,
-            time=time,
-            attributes=to_dynamodb(attributes),
-            digest=hashlib.sha256(payload).hexdigest()[:16],
-        )
-        _check_key(record.pk, MAX_PARTITION_KEY_BYTES, "host/machine")
-        _check_key(record.sk, MAX_SORT_KEY_BYTES, "time")
-        return record
+        return _record(host, data, payload)
+    return _metadata(host, data)
+
+
+def _parse(payload: bytes) -> dict[str, Any]:
+    """The envelope's JSON object, numbers with a fraction as ``Decimal``."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRecord(f"data is not UTF-8: {exc}") from None
+    try:
+        obj = json.loads(text, parse_float=Decimal, parse_constant=_constant)
+    except ValueError as exc:
+        raise BadRecord(f"data is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(f"envelope is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _record(host: str, data: dict[str, Any], payload: bytes) -> Record:
+    machine = _text(data, "machine", "record data")
+    time = normalize_time(data.get("time"))
+    attributes = data.get("attributes")
+    if not isinstance(attributes, dict):
+        raise BadRecord("record data.attributes is not an object")
+    record = Record(
+        host=host,
+        machine=machine,
+        time=time,
+        attributes=to_dynamodb(attributes),
+        digest=hashlib.sha256(payload).hexdigest()[:16],
+    )
+    _check_key(record.pk, MAX_PARTITION_KEY_BYTES, "host/machine")
+    _check_key(record.sk, MAX_SORT_KEY_BYTES, "time")
+    return record
+
+
+def _metadata(host: str, data: dict[str, Any]) -> Metadata:
     info = data.get("info")
     if not isinstance(info, dict):
         raise BadRecord("metadata data.info is not an object")

@@ -258,7 +258,7 @@ class Poller:
         return min(p for p in positions if p is not None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m spark_consumer.poller",
         description="Feed a Kinesis stream to the Spark consumer's Lambda handler, locally.",
@@ -293,14 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-retries", type=int, default=3)
     parser.add_argument("--follow", action="store_true", help="keep polling until Ctrl-C")
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    if args.at_sequence and not args.shard:
-        parser.error("--at-sequence needs --shard")
+    return parser
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    # The handler reads its configuration from the environment, as in Lambda.
+
+def _set_environment(args: argparse.Namespace) -> None:
+    """The handler reads its configuration from the environment, as in Lambda."""
     os.environ["DATA_TABLE_NAME"] = args.data_table
     os.environ["METADATA_TABLE_NAME"] = args.metadata_table
     if args.endpoint_url:
@@ -311,6 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.region:
         os.environ["AWS_DEFAULT_REGION"] = args.region
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.at_sequence and not args.shard:
+        parser.error("--at-sequence needs --shard")
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    _set_environment(args)
 
     import boto3
 

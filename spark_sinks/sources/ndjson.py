@@ -114,9 +114,7 @@ class NdjsonSource(Source):
         # A line between two newlines of one read is shorter than the read, so within the
         # limit: only the line continued from earlier reads needs checking.
         size = min(_CHUNK, limit + 1)
-        loads = orjson.loads
-        lineno = 0
-        partial = _Partial(limit)
+        lines = _Lines(label, feed, limit)
         while not stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.25)
             if not ready:
@@ -125,51 +123,74 @@ class NdjsonSource(Source):
             chunk = os.read(fd, size)
             if not chunk:
                 break
-            lines = chunk.split(b"\n")
-            if len(lines) == 1:  # no line ends in this read
-                partial.add(chunk)
-                if partial.skipping:
-                    feed.flush()  # what came before the long line goes out meanwhile
-                continue
-            rest = lines.pop()
-            first = partial.take(lines[0])
-            if isinstance(first, SkippedLine):
-                lineno += 1
-                _too_long(feed, f"{label} line {lineno}", first, limit)
-                del lines[0]
-            else:
-                lines[0] = first
-            partial.add(rest)
-            for line in lines:
-                lineno += 1
-                if not line.strip():
-                    continue
-                try:
-                    obj = loads(line)
-                except orjson.JSONDecodeError as exc:
-                    feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", line)
-                    continue
-                feed.item(obj, label, lineno)
-            if not select.select([fd], [], [], 0)[0]:
+            if lines.add(chunk) and not select.select([fd], [], [], 0)[0]:
                 feed.flush()
-        if partial.size and not stop.is_set():
-            lineno += 1
-            last = partial.take(b"")
-            if isinstance(last, SkippedLine):
-                _too_long(feed, f"{label} line {lineno}", last, limit)
-            elif last.strip():
-                try:
-                    obj = loads(last)
-                except orjson.JSONDecodeError as exc:
-                    feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", last)
-                else:
-                    feed.item(obj, label, lineno)
+        if not stop.is_set():
+            lines.end()
         feed.flush()
 
 
-def _too_long(feed: Feed, where: str, line: SkippedLine, limit: int) -> None:
-    feed.reject(
-        where,
-        f"line of {line.length:,} bytes is longer than source.max_line_bytes ({limit:,}); skipped",
-        line,
-    )
+class _Lines:
+    """Splits what is read into lines and feeds each one; owned by the reading thread."""
+
+    __slots__ = ("feed", "label", "limit", "lineno", "partial")
+
+    def __init__(self, label: str, feed: Feed, limit: int) -> None:
+        self.label = label
+        self.feed = feed
+        self.limit = limit
+        self.lineno = 0
+        self.partial = _Partial(limit)
+
+    def add(self, chunk: bytes) -> bool:
+        """One read; False when no line ended in it."""
+        lines = chunk.split(b"\n")
+        if len(lines) == 1:
+            self.partial.add(chunk)
+            if self.partial.skipping:
+                self.feed.flush()  # what came before the long line goes out meanwhile
+            return False
+        rest = lines.pop()
+        first = self.partial.take(lines[0])
+        if isinstance(first, SkippedLine):
+            self._too_long(first)
+            del lines[0]
+        else:
+            lines[0] = first
+        self.partial.add(rest)
+        self._feed(lines)
+        return True
+
+    def end(self) -> None:
+        """The input ended: a last line without a newline still counts."""
+        if not self.partial.size:
+            return
+        last = self.partial.take(b"")
+        if isinstance(last, SkippedLine):
+            self._too_long(last)
+        else:
+            self._feed([last])
+
+    def _feed(self, lines: list[bytes]) -> None:
+        feed, label, loads = self.feed, self.label, orjson.loads
+        lineno = self.lineno
+        for line in lines:
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                obj = loads(line)
+            except orjson.JSONDecodeError as exc:
+                feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", line)
+                continue
+            feed.item(obj, label, lineno)
+        self.lineno = lineno
+
+    def _too_long(self, line: SkippedLine) -> None:
+        self.lineno += 1
+        self.feed.reject(
+            f"{self.label} line {self.lineno}",
+            f"line of {line.length:,} bytes is longer than source.max_line_bytes "
+            f"({self.limit:,}); skipped",
+            line,
+        )

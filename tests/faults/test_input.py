@@ -62,13 +62,12 @@ def run(cfg: Path, data: bytes, dead: Path | None = None) -> Outcome:
 def summary(stderr: str) -> dict[str, int]:
     m = re.search(
         r"input: (\d+) items, (\d+) envelopes assembled, (\d+) rejected, "
-        r"(\d+) incomplete records dropped",
+        r"(\d+) incomplete records dropped, (\d+) incomplete records emitted",
         stderr,
     )
     assert m, stderr[-2000:]
-    return dict(
-        zip(("items", "envelopes", "rejected", "dropped"), map(int, m.groups()), strict=True)
-    )
+    keys = ("items", "envelopes", "rejected", "dropped", "emitted")
+    return dict(zip(keys, map(int, m.groups()), strict=True))
 
 
 def assert_clean(stderr: str, lines: int) -> None:
@@ -340,7 +339,8 @@ def test_at_end_of_input_every_open_cycle_is_emitted_with_emit(
     assert out.code == 0, out.stderr[-2000:]
     got = {r["data"]["machine"]: set(r["data"]["attributes"]) for r in out.records}
     assert got == have
-    assert summary(out.stderr)["dropped"] == 0
+    counts = summary(out.stderr)
+    assert counts["dropped"] == 0 and counts["emitted"] == len(have), counts
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))

@@ -212,6 +212,45 @@ def test_sigterm_while_kinesis_waits_for_an_endpoint_that_never_answers(tmp_path
     assert "sink 'cloud' not started: stopped by SIGTERM" in err
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_check_stuck_on_an_endpoint_that_never_answers(tmp_path, signum):
+    """`spark-sinks check` had no signal handling: SIGTERM killed it with no line at all,
+    and SIGINT was a KeyboardInterrupt inside botocore."""
+    name = signal.Signals(signum).name
+    with SilentServer() as silent:
+        sinks = {"out": {"type": "stdout"}, "cloud": kinesis_sink(silent.url)}
+        cfg = config(tmp_path, sinks)
+        env = {**kinesis_env(), "SPARK_SINKS_LOAD_PLUGINS": "kinesis,stdout"}
+        with (tmp_path / "stderr").open("wb") as err_file:
+            proc = subprocess.Popen(
+                [*CLI, "check", "-c", str(cfg)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err_file,
+                env=env,
+            )
+            try:
+                assert silent.has_client(timeout=30), (tmp_path / "stderr").read_text()
+                t0 = time.monotonic()
+                proc.send_signal(signum)
+                out, _ = proc.communicate(timeout=20)
+                took = time.monotonic() - t0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    err = (tmp_path / "stderr").read_text()
+    assert took < 2.0, err  # at once: a check holds nothing to flush
+    assert proc.returncode == 128 + signum, err
+    assert err.splitlines()[-1].endswith(
+        f"{name} received while checking sink 'cloud' (open and connection check): "
+        "check stopped; what was not checked yet is unknown"
+    ), err
+    assert "Traceback" not in err
+    # what was checked before the signal was printed, and is not lost
+    assert b"config: ok" in out and b"sink out: ok" in out, out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("operation", ["DescribeStreamSummary", "ListShards", "PutRecords"])
 def test_sigterm_while_one_start_up_request_of_kinesis_hangs(moto, tmp_path, runs, operation):
