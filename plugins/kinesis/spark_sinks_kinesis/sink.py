@@ -14,8 +14,8 @@ Data flow::
   request in flight, so the records of one machine leave in the order they were
   written. ``max_in_flight`` lanes run at once. Without ``rate_limit`` a shard has one
   queue, so no two lanes write to the same shard; with it, a shard has up to
-  ``max_in_flight_per_shard`` queues in as many lanes (its keys spread over them by
-  their MD5's low bits), so that requests to it overlap and its budget is not idle
+  ``max_in_flight_per_shard`` queues in as many lanes (its keys spread evenly over
+  them, ``Buffer.place``), so that requests to it overlap and its budget is not idle
   while one waits for its answer. (Until the shards are known, after a failed check,
   lanes are picked by key, and so several may write one shard.)
 * With ``rate_limit`` each shard has a meter (``rate.py``), shared by its queues: a
