@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -180,3 +181,64 @@ def test_hostile_machine_names_are_dead_lettered_or_delivered_never_lost(
 )  # fmt: skip
 def test_topic_problem(text: str, ok: bool) -> None:
     assert (topic_problem(text) is None) is ok
+
+
+class _SilentBroker:
+    """Accepts one MQTT connection and never acknowledges a PUBLISH: what the sink has in
+    flight is then exactly what it sent. Counts the PUBLISH packets it receives."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.published = 0  # written by the serving thread only
+        self._conn: socket.socket | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._server.accept()
+        self._conn = conn
+        stream = conn.makefile("rb")
+        while header := stream.read(1):
+            length, shift = 0, 0
+            while True:  # MQTT's variable-length "remaining length"
+                byte = stream.read(1)[0]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            stream.read(length)
+            kind = header[0] >> 4
+            if kind == 1:  # CONNECT -> CONNACK, accepted
+                conn.sendall(b"\x20\x02\x00\x00")
+            elif kind == 3:
+                self.published += 1
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._server.close()
+
+
+def test_at_most_max_in_flight_unacknowledged_on_the_wire(
+    harnesses: Callable[..., SinkHarness],
+) -> None:
+    """The sink alone bounds what is in flight (paho's own limit is off)."""
+    broker = _SilentBroker()
+    block = {"host": "127.0.0.1", "port": broker.port, "client_id": "bound", "qos": 1,
+             "max_in_flight": 3, "flush_timeout": 0.5, "connect_timeout": 3}  # fmt: skip
+    h = harnesses(block)
+    h.start(check=False)
+    writer = threading.Thread(target=h.write, args=([record(i) for i in range(10)],), daemon=True)
+    writer.start()
+    writer.join(1.5)
+    try:
+        assert writer.is_alive(), "write returned although 3 envelopes were unacknowledged"
+        assert broker.published == 3
+    finally:
+        h.sink.context.shutdown.set()
+        writer.join(2.0)
+        h.stop()
+        broker.close()
+    snap = balanced(h.sink)
+    assert (snap["accepted"], snap["delivered"]) == (10, 0)
