@@ -14,7 +14,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spark_sinks import SinkConfig
 
@@ -274,6 +283,35 @@ class KinesisConfig(SinkConfig):
         ):
             return {**data, "max_batch_bytes": AGGREGATED_BATCH_BYTES}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _record_bytes_default(cls, data: Any) -> Any:
+        """With ``rate_limit``, ``max_record_bytes`` defaults to at most what a shard takes
+        in a second (``shard_limits.bytes_per_second``): a larger record could never be
+        sent, and would hold up its shard's queue for good."""
+        if not isinstance(data, dict) or "max_record_bytes" in data:
+            return data
+        try:
+            limits = ShardLimitsConfig.model_validate(data.get("shard_limits", {}))
+            metered = TypeAdapter(bool).validate_python(data.get("rate_limit", True))
+        except ValidationError:
+            return data  # the fields' own validators name the problem
+        if metered and limits.bytes_per_second < MiB:
+            return {**data, "max_record_bytes": limits.bytes_per_second}
+        return data
+
+    @model_validator(mode="after")
+    def _record_fits_a_shard(self) -> KinesisConfig:
+        limit = self.shard_limits.bytes_per_second
+        if self.rate_limit and self.max_record_bytes > limit:
+            raise ValueError(
+                f"max_record_bytes ({self.max_record_bytes}) exceeds "
+                f"shard_limits.bytes_per_second ({limit}): with rate_limit such a record "
+                "could never be sent; lower max_record_bytes, raise "
+                "shard_limits.bytes_per_second, or set rate_limit: false"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

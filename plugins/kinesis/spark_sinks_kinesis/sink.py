@@ -71,6 +71,18 @@ from .sender import Sender
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("ACTIVE", "UPDATING")
+PROVISIONED = "PROVISIONED"
+ON_DEMAND = "ON_DEMAND"
+ON_DEMAND_REFRESH_SECONDS = 10.0
+"""How often the shards of an on-demand stream are listed when ``shard_refresh_seconds``
+is not set: Kinesis adds and removes them by itself, as the traffic changes."""
+
+
+def refresh_seconds(config: KinesisConfig, mode: str) -> float:
+    """Seconds between two listings of the shards, for a stream of ``mode``."""
+    if mode == ON_DEMAND and "shard_refresh_seconds" not in config.model_fields_set:
+        return min(config.shard_refresh_seconds, ON_DEMAND_REFRESH_SECONDS)
+    return config.shard_refresh_seconds
 
 
 class KinesisSink(Sink):
@@ -120,7 +132,10 @@ class KinesisSink(Sink):
         self._watcher = ShardWatcher(
             self._buf, client, cfg.stream, cfg, self._explain, self.log, self.name
         )
-        self._sender = Sender(client, cfg.stream, self._explain, self._note, self._watcher.notice)
+        watcher = self._watcher
+        self._sender = Sender(
+            client, cfg.stream, self._explain, self._note, watcher.notice, watcher.stale
+        )
         for lane in self._buf.lanes:
             lane.thread = threading.Thread(
                 target=self._run_lane, args=(lane,), name=f"kinesis-{self.name}-{lane.index}"
@@ -146,8 +161,12 @@ class KinesisSink(Sink):
                 "not ACTIVE or UPDATING"
             )
         shards = summary.get("OpenShardCount")
-        text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
+        mode = str((summary.get("StreamModeDetails") or {}).get("StreamMode") or PROVISIONED)
+        text = (
+            f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({mode}, {shards} open shards)"
+        )
         assert self._watcher is not None
+        self._watcher.period = refresh_seconds(cfg, mode)
         self._watcher.load()
         if cfg.connection_test:
             text = f"{text}; connection test record written to {self._connection_test()}"
