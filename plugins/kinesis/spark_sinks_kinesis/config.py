@@ -14,7 +14,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spark_sinks import SinkConfig
 
@@ -218,7 +227,9 @@ class KinesisConfig(SinkConfig):
     """How long a partial batch may wait for more records before it is sent."""
     max_record_bytes: int = Field(MiB, ge=1024, le=RECORD_MAX_BYTES)
     """Larger records (data + partition key) go to the dead letter. 1 MiB is Kinesis's
-    default; raise it only for a stream whose maximum record size was raised."""
+    default; raise it only for a stream whose maximum record size was raised. With
+    ``rate_limit`` at most ``shard_limits.bytes_per_second``, and by default so when that
+    is lower."""
     max_buffered_bytes: int = Field(16 * MiB, ge=MiB)
     """Bound on record bytes held (queued or being sent); ``write`` blocks beyond it. The
     envelopes behind them take about ten times as much memory as Python objects."""
@@ -262,7 +273,8 @@ class KinesisConfig(SinkConfig):
     partition key is never in two requests at once."""
     shard_refresh_seconds: float = Field(60.0, ge=0.1, le=86_400)
     """How often the shard map is listed again (besides when a write lands on a shard the
-    map does not know), to follow splits, merges and on-demand scaling."""
+    map does not know, or is refused for a closed one), to follow splits, merges and
+    on-demand scaling. Not set: every 60 s, or 10 s for an on-demand stream."""
 
     @model_validator(mode="before")
     @classmethod
@@ -274,6 +286,35 @@ class KinesisConfig(SinkConfig):
         ):
             return {**data, "max_batch_bytes": AGGREGATED_BATCH_BYTES}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _record_bytes_default(cls, data: Any) -> Any:
+        """With ``rate_limit``, ``max_record_bytes`` defaults to at most what a shard takes
+        in a second (``shard_limits.bytes_per_second``): a larger record could never be
+        sent, and would hold up its shard's queue for good."""
+        if not isinstance(data, dict) or "max_record_bytes" in data:
+            return data
+        try:
+            limits = ShardLimitsConfig.model_validate(data.get("shard_limits", {}))
+            metered = TypeAdapter(bool).validate_python(data.get("rate_limit", True))
+        except ValidationError:
+            return data  # the fields' own validators name the problem
+        if metered and limits.bytes_per_second < MiB:
+            return {**data, "max_record_bytes": limits.bytes_per_second}
+        return data
+
+    @model_validator(mode="after")
+    def _record_fits_a_shard(self) -> KinesisConfig:
+        limit = self.shard_limits.bytes_per_second
+        if self.rate_limit and self.max_record_bytes > limit:
+            raise ValueError(
+                f"max_record_bytes ({self.max_record_bytes}) exceeds "
+                f"shard_limits.bytes_per_second ({limit}): with rate_limit such a record "
+                "could never be sent; lower max_record_bytes, raise "
+                "shard_limits.bytes_per_second, or set rate_limit: false"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -56,6 +56,10 @@ CREDENTIAL_CODES = frozenset(
 )
 ACCESS_CODES = frozenset({"AccessDeniedException", "AccessDenied", "KMSAccessDeniedException"})
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+STALE_MAP_CODES = frozenset({"InvalidArgumentException", "ResourceNotFoundException"})
+"""Codes with which a write may be refused for a shard that a split or merge closed; the
+message then names the shard (see ``closed_shard``)."""
+_SHARD_ID = re.compile(r"shardId-[0-9]+")
 _LOG_EVERY = 10.0
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
@@ -87,6 +91,21 @@ def error_code(exc: Any) -> ErrorCode:
         m = _XML_MESSAGE.search(msg)
         msg = m.group(1).strip() if m else ""
     return ErrorCode(code, msg, status if isinstance(status, int) else None)
+
+
+def closed_shard(code: str, message: str) -> str | None:
+    """The shard a refusal names when it refuses a write for a shard, not for the record
+    or the stream: a shard closed by a resharding, so the shard map is out of date.
+
+    Kinesis itself puts each record on the open shard of its hash key, so it answers a
+    split with records on shards the map does not know; an emulator or a proxy that routes
+    by an old map answers ``InvalidArgumentException`` or ``ResourceNotFoundException``
+    naming the shard instead. A refusal of the record itself (its size, its key) or of the
+    stream never names a shard."""
+    if code not in STALE_MAP_CODES:
+        return None
+    m = _SHARD_ID.search(message)
+    return m.group(0) if m else None
 
 
 def transient(err: ErrorCode) -> bool:

@@ -26,7 +26,8 @@ from .shards import ShardMap, hash_key
 @dataclass(slots=True, eq=False)
 class Route:
     """Where the records of one partition key go; one per key, made by ``Buffer.route``
-    and moved to the new shard by ``Buffer.rebuild`` (under the lock)."""
+    and placed on a queue by ``Buffer.place`` (under the lock) when its first record is
+    queued and when the shard map changes."""
 
     key: str
     key_bytes: int
@@ -34,6 +35,7 @@ class Route:
     hash_key: int
     """The MD5 of the key, which picks its shard."""
     shard: Shard
+    """Its queue (on its shard)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -99,10 +101,11 @@ class Outcome(Generic[Unit]):
 
 
 class Shard:
-    """One shard's records in its lane, in the order written, and the shard's meter
-    (None without rate limiting). Without a shard map, a lane has one such queue."""
+    """A queue of one shard in its lane: the records of the keys placed on it, in the
+    order written, and the shard's meter (None without rate limiting; shared by the
+    shard's queues). Without a shard map, a lane has one such queue."""
 
-    __slots__ = ("bytes", "lane", "meter", "queue", "shard_id", "version")
+    __slots__ = ("bytes", "keys", "lane", "meter", "queue", "shard_id", "version")
 
     def __init__(
         self, shard_id: str | None, lane: Lane, meter: ShardMeter | None, version: int = 0
@@ -114,6 +117,8 @@ class Shard:
         self.meter = meter
         self.queue: deque[Entry] = deque()
         self.bytes = 0
+        self.keys = 0
+        """Routes placed on this queue (``Buffer.place``)."""
 
     def add(self, entry: Entry) -> None:
         """Queue ``entry`` last, counting it in the shard and its lane."""
@@ -211,6 +216,8 @@ class Buffer:
         self.queues: list[list[Shard]] = [lane.shards for lane in self.lanes]
         """Each shard's queues, by its index in the map (without a map: each lane's
         one queue)."""
+        self._unplaced = Shard(None, self.lanes[0], None, version=-1)
+        """Where a new route points until ``add`` places it (its version never matches)."""
         self._stopping = stopping
 
     def halted(self) -> bool:
@@ -222,24 +229,28 @@ class Buffer:
         if route is None:
             key = partition_key(host, machine)
             key_hash = hash_key(key)
-            route = Route(key, len(key.encode("utf-8")), key_hash, self.shard_of(key_hash))
+            route = Route(key, len(key.encode("utf-8")), key_hash, self._unplaced)
             self.routes[(host, machine)] = route
         return route
 
-    def shard_of(self, key_hash: int) -> Shard:
-        """The queue of a key. Kinesis maps the MD5 of the key onto the shards' hash
-        ranges (without a map, the key picks a lane); of the shard's queues, the MD5's
-        low bits pick one, so a key always uses the same queue and lane."""
+    def place(self, route: Route) -> Shard:
+        """(Holding the lock.) Put a key on a queue, where it stays until the shard map
+        changes. Kinesis maps the MD5 of the key onto the shards' hash ranges (without a
+        map, the key picks a lane); of the shard's queues, the key goes to the one with
+        the fewest keys, so that the requests out to one shard share its keys evenly."""
+        key_hash = route.hash_key
         lanes = self.lanes
         index = (key_hash >> 96) % len(lanes) if self.map is None else self.map.index(key_hash)
-        queues = self.queues[index]
-        return queues[key_hash % len(queues)]
+        queue = min(self.queues[index], key=lambda q: q.keys)
+        queue.keys += 1
+        route.shard = queue
+        return queue
 
     def add(self, entry: Entry) -> Lane:
         """(Holding the lock.) Queue ``entry`` on its key's shard; returns its lane."""
         shard = entry.route.shard
-        if shard.version != self.version:  # routed while the map changed
-            shard = entry.route.shard = self.shard_of(entry.route.hash_key)
+        if shard.version != self.version:  # a new key, or routed while the map changed
+            shard = self.place(entry.route)
         shard.add(entry)
         self.bytes += entry.size
         self.pending += 1
@@ -281,7 +292,7 @@ class Buffer:
             lane.next = lane.bytes = lane.count = 0
         self.map = new
         for route in list(self.routes.values()):  # write may add one meanwhile
-            route.shard = self.shard_of(route.hash_key)
+            self.place(route)
         for sh in old:
             for e in sh.queue:
                 e.route.shard.add(e)

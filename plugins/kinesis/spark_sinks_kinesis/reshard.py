@@ -1,15 +1,19 @@
 """Following the stream's shards: the first listing, the watcher thread that lists them
 again every ``shard_refresh_seconds`` (or at once when a write lands on a shard the map
-does not know), and applying a changed map to the lanes.
+does not know, or is refused for a shard a resharding closed), and applying a changed
+map to the lanes.
 
-Shared state: the watcher thread owns ``_failed``; the two events are thread-safe; the
-lanes, queues and map it changes belong to ``Buffer.lock``, taken in ``apply``.
+Shared state: the watcher thread owns ``_failed`` and ``_listed`` (``load`` and
+``load_later`` set them before it starts); ``period`` is set before ``load``; the two
+events are thread-safe; the lanes, queues and map it changes belong to ``Buffer.lock``,
+taken in ``apply``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from .config import KinesisConfig
@@ -47,11 +51,16 @@ class ShardWatcher:
         self.thread: threading.Thread | None = None
         self._failed = False
         """The last listing failed (say so once per failure spell)."""
+        self.period = config.shard_refresh_seconds
+        """Seconds between listings; set by the sink from the stream mode before ``load``."""
+        self._listed = 0.0
+        """Monotonic time of the last listing (the watcher thread's, after ``load``)."""
 
     def load(self) -> None:
         """Learn the open shards' hash ranges: each shard is then written by one lane
         only (concurrent requests never touch the same shard) and metered. Then watch
         for changes."""
+        self._listed = time.monotonic()
         try:
             shards = list_open_shards(self._client, self._stream)
         except Exception as exc:
@@ -63,6 +72,19 @@ class ShardWatcher:
             return
         if shards:
             self.apply(ShardMap(shards))
+        self._start()
+
+    def load_later(self) -> None:
+        """The stream did not answer at start (e.g. a gateway that boots before its
+        network): learn the shards from the watcher thread, at once and then every
+        ``shard_refresh_seconds``, so that lanes stop sharing shards and the shards'
+        rate limits apply once the stream answers. The failed check has said why: a
+        listing that fails too says nothing more."""
+        self._failed = True
+        self.refresh.set()
+        self._start()
+
+    def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(
                 target=self._watch, name=f"kinesis-{self._name}-shards", daemon=True
@@ -82,6 +104,10 @@ class ShardWatcher:
                 self.refresh.set()
                 return
 
+    def stale(self) -> None:
+        """A write was refused for a closed shard: list the shards now."""
+        self.refresh.set()
+
     def stop(self) -> None:
         self.closing.set()
         self.refresh.set()
@@ -89,13 +115,14 @@ class ShardWatcher:
     def _watch(self) -> None:
         """List the shards every ``shard_refresh_seconds``, or at once when asked to;
         apply a changed map."""
-        period = self._config.shard_refresh_seconds
         while not self._buf.halted():
-            self.refresh.wait(period)
+            self.refresh.wait(self.period)
             # at most one listing a second, however many writes hit unknown shards
-            if self.closing.wait(_MIN_REFRESH_SECONDS) or self._buf.halted():
+            rest = self._listed + _MIN_REFRESH_SECONDS - time.monotonic()
+            if self.closing.wait(max(rest, 0.0)) or self._buf.halted():
                 return
             self.refresh.clear()
+            self._listed = time.monotonic()
             shards = self._list()
             current = self._buf.map
             if shards and (current is None or current.ids != {s.shard_id for s in shards}):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from spark_sinks import SinkError
 
@@ -23,12 +23,20 @@ from .errors import (
     THROTTLED,
     Explainer,
     Notes,
+    closed_shard,
     error_code,
     transient,
 )
 from .queues import Lane, Outcome, Refused, Rejected, Unit
 
 _TEST_ATTEMPTS = 5
+
+
+class _Closed(NamedTuple):
+    """An entry refused for a closed shard: the shard and the error code."""
+
+    shard: str
+    code: str
 
 
 class Sender:
@@ -41,6 +49,7 @@ class Sender:
         explain: Explainer,
         note: Notes,
         on_results: Callable[[list[dict[str, Any]]], None],
+        on_stale: Callable[[], None],
     ) -> None:
         self.client = client
         self.stream = stream
@@ -49,6 +58,8 @@ class Sender:
         self.note = note
         self.on_results = on_results
         """Told the answer's entries of every well-formed answer (to notice resharding)."""
+        self.on_stale = on_stale
+        """Called when a write was refused for a closed shard (to list the shards now)."""
 
     def send(self, lane: Lane, batch: list[Unit]) -> Outcome[Unit]:
         from botocore.exceptions import ClientError
@@ -76,6 +87,10 @@ class Sender:
         """The outcome of a request refused as a whole."""
         err = error_code(exc)
         code = err.code
+        shard = closed_shard(code, err.message)
+        if shard is not None:
+            self._stale(shard, code, len(batch), len(batch))
+            return Outcome(requeue=batch)  # retried with the usual backoff
         if code in INVALID_CODES and not (err.status and err.status >= 500):
             if len(batch) == 1:
                 reason = f"rejected by Kinesis: {code}: {err.message}".rstrip(": ")
@@ -92,14 +107,19 @@ class Sender:
         """The outcome of each entry of a partly failed request."""
         out: Outcome[Unit] = Outcome()
         codes: dict[str, int] = {}
+        closed: list[_Closed] = []
         for u, r in zip(batch, results, strict=True):
             code = r.get("ErrorCode")
             if not code:
                 out.delivered.append(u)
+                continue
+            message = str(r.get("ErrorMessage", ""))
+            shard = closed_shard(code, message)
+            if shard is not None:  # not the record's fault: resent once the map is new
+                closed.append(_Closed(shard, code))
+                out.requeue.append(u)
             elif code in INVALID_CODES:
-                out.dead.append(
-                    Rejected(u, f"rejected by Kinesis: {code}: {r.get('ErrorMessage')}")
-                )
+                out.dead.append(Rejected(u, f"rejected by Kinesis: {code}: {message}"))
             else:
                 out.requeue.append(u)
                 codes[code] = codes.get(code, 0) + 1
@@ -108,12 +128,24 @@ class Sender:
                 elif code not in RETRYABLE_ENTRY_CODES:
                     out.slow = True
         out.throttled_only = len(out.throttled) == len(out.requeue)
+        if closed:
+            self._stale(closed[0].shard, closed[0].code, len(closed), len(batch))
         if codes:
             detail = ", ".join(f"{n} {c}" for c, n in sorted(codes.items()))
             self.note(
-                "partial", f"PutRecords: {len(out.requeue)} of {len(batch)} failed ({detail})"
+                "partial",
+                f"PutRecords: {len(out.requeue) - len(closed)} of {len(batch)} failed ({detail})",
             )
         return out
+
+    def _stale(self, shard: str, code: str, refused: int, sent: int) -> None:
+        """Writes were refused for a closed shard: list the shards now."""
+        self.on_stale()
+        self.note(
+            "closed-shard",
+            f"PutRecords: {refused} of {sent} refused for {shard}, closed by a resharding "
+            f"({code}); listing the shards again to resend them to the new shards",
+        )
 
     def put_test(self, data: bytes, key: str, stopping: threading.Event) -> str:
         """PutRecords of the connection test's one record: the call, and the permission,

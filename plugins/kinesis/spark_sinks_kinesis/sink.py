@@ -14,9 +14,10 @@ Data flow::
   request in flight, so the records of one machine leave in the order they were
   written. ``max_in_flight`` lanes run at once. Without ``rate_limit`` a shard has one
   queue, so no two lanes write to the same shard; with it, a shard has up to
-  ``max_in_flight_per_shard`` queues in as many lanes (its keys spread over them by
-  their MD5's low bits), so that requests to it overlap and its budget is not idle
-  while one waits for its answer.
+  ``max_in_flight_per_shard`` queues in as many lanes (its keys spread evenly over
+  them, ``Buffer.place``), so that requests to it overlap and its budget is not idle
+  while one waits for its answer. (Until the shards are known, after a failed check,
+  lanes are picked by key, and so several may write one shard.)
 * With ``rate_limit`` each shard has a meter (``rate.py``), shared by its queues: a
   request takes from each queue only what its shard's per-second limits allow.
 * When the stream's shards change (listed every ``shard_refresh_seconds``, or at once
@@ -71,6 +72,18 @@ from .sender import Sender
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("ACTIVE", "UPDATING")
+PROVISIONED = "PROVISIONED"
+ON_DEMAND = "ON_DEMAND"
+ON_DEMAND_REFRESH_SECONDS = 10.0
+"""How often the shards of an on-demand stream are listed when ``shard_refresh_seconds``
+is not set: Kinesis adds and removes them by itself, as the traffic changes."""
+
+
+def refresh_seconds(config: KinesisConfig, mode: str) -> float:
+    """Seconds between two listings of the shards, for a stream of ``mode``."""
+    if mode == ON_DEMAND and "shard_refresh_seconds" not in config.model_fields_set:
+        return min(config.shard_refresh_seconds, ON_DEMAND_REFRESH_SECONDS)
+    return config.shard_refresh_seconds
 
 
 class KinesisSink(Sink):
@@ -120,7 +133,10 @@ class KinesisSink(Sink):
         self._watcher = ShardWatcher(
             self._buf, client, cfg.stream, cfg, self._explain, self.log, self.name
         )
-        self._sender = Sender(client, cfg.stream, self._explain, self._note, self._watcher.notice)
+        watcher = self._watcher
+        self._sender = Sender(
+            client, cfg.stream, self._explain, self._note, watcher.notice, watcher.stale
+        )
         for lane in self._buf.lanes:
             lane.thread = threading.Thread(
                 target=self._run_lane, args=(lane,), name=f"kinesis-{self.name}-{lane.index}"
@@ -135,19 +151,25 @@ class KinesisSink(Sink):
 
     def check(self) -> str:
         cfg = self.config
+        assert self._watcher is not None
         try:
             summary = self._client.describe_stream_summary(**cfg.stream)["StreamDescriptionSummary"]
         except Exception as exc:
+            self._watcher.load_later()  # a spooled sink runs on
             raise SinkError(self._explain(exc, "DescribeStreamSummary")) from None
         status = summary.get("StreamStatus")
         if status not in ACTIVE_STATES:
+            self._watcher.load_later()
             raise SinkError(
                 f"Kinesis stream {cfg.stream_name!r} in {cfg.region} is {status}, "
                 "not ACTIVE or UPDATING"
             )
         shards = summary.get("OpenShardCount")
-        text = f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({shards} open shards)"
-        assert self._watcher is not None
+        mode = str((summary.get("StreamModeDetails") or {}).get("StreamMode") or PROVISIONED)
+        text = (
+            f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({mode}, {shards} open shards)"
+        )
+        self._watcher.period = refresh_seconds(cfg, mode)
         self._watcher.load()
         if cfg.connection_test:
             text = f"{text}; connection test record written to {self._connection_test()}"

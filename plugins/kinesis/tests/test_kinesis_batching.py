@@ -106,8 +106,9 @@ def test_each_shard_is_written_by_exactly_one_lane(moto, kinesis, make_stream):
     stream = make_stream(4)
     sink = _sink(moto.url, stream, max_in_flight=4)
     envs = _envelopes(400, machines=40)
-    lane_of = {e.machine: sink._buf.route(e.host, e.machine).shard.lane.index for e in envs}
     sink.write(envs)
+    # a key is placed on its queue (and lane) when its first record is queued
+    lane_of = {e.machine: sink._buf.route(e.host, e.machine).shard.lane.index for e in envs}
     sink.flush(10)
     sink.close()
     lanes_of_shard: dict[str, set[int]] = {}

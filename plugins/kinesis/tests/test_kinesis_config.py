@@ -363,3 +363,29 @@ def test_access_settings_take_their_documented_values():
         False,
         None,
     )
+
+
+def test_a_record_larger_than_a_shard_takes_in_a_second_is_refused_in_one_line(tmp_path):
+    cfg = _config_with(tmp_path, shard_limits={"bytes_per_second": 65536}, max_record_bytes=131072)
+    proc = run_cli("run", "-c", str(cfg), input=b"")
+    assert proc.returncode == 2
+    line = _one_line_error(proc)
+    assert "sinks.cloud" in line
+    assert "max_record_bytes (131072) exceeds shard_limits.bytes_per_second (65536)" in line
+
+
+def test_max_record_bytes_defaults_to_what_a_metered_shard_takes_in_a_second():
+    base = dict(type="kinesis", stream_name="s", region="us-east-1")
+    mib = 1024 * 1024
+    small = {"bytes_per_second": 65536}
+    assert KinesisConfig(**base).max_record_bytes == mib
+    assert KinesisConfig(**base, shard_limits=small).max_record_bytes == 65536
+    assert KinesisConfig(**base, shard_limits=small, rate_limit=False).max_record_bytes == mib
+    assert KinesisConfig(**base, shard_limits={"bytes_per_second": 4 * mib}).max_record_bytes == mib
+    # without the meter, nothing stops a record a shard takes only over several seconds
+    assert (
+        KinesisConfig(
+            **base, shard_limits=small, rate_limit=False, max_record_bytes=mib
+        ).max_record_bytes
+        == mib
+    )
