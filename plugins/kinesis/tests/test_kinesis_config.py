@@ -60,7 +60,7 @@ def test_a_missing_or_invalid_stream_name_refuses_to_start_with_exit_2(tmp_path)
     assert "sinks.cloud.stream_name: required key is missing" in _one_line_error(proc)
     proc = run_cli("check", "-c", str(_config_with(tmp_path, stream_name="no spaces!")))
     assert proc.returncode == 2
-    assert "sinks.cloud.stream_name: 'no spaces!' is not a valid Kinesis stream name" in (
+    assert 'sinks.cloud.stream_name: "no spaces!" is not a valid Kinesis stream name' in (
         _one_line_error(proc)
     )
 
