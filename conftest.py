@@ -10,6 +10,22 @@ import pytest
 from tests.support.mosquitto import Certs, Mosquitto, make_certs, mosquitto_broker
 from tests.support.moto_server import MotoServer, moto_server
 
+SLOW_LIST = Path(__file__).with_name("tests") / "slow_tests.txt"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` the test functions listed in ``tests/slow_tests.txt`` (measured; see
+    its header), so that ``make test-fast`` stays under a minute without editing every
+    suite's files."""
+    listed = {
+        line.strip()
+        for line in SLOW_LIST.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for item in items:
+        if item.nodeid.split("[")[0] in listed:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoServer]:

@@ -169,8 +169,15 @@ def test_an_outage_under_load_loses_nothing_keeps_memory_bounded_and_recovers(
 ):
     n = 30_000
     stream = new_stream(kinesis, shards=4)
+    # flush_timeout: on a loaded machine the outage outlasts the input (the status command
+    # takes seconds to start) and the backlog drains at a few hundred records/s
     cfg = write_config(
-        tmp_path, stream, proxy.url, max_buffered_bytes=2 * 1024 * 1024, max_batch_bytes=1024 * 1024
+        tmp_path,
+        stream,
+        proxy.url,
+        max_buffered_bytes=2 * 1024 * 1024,
+        max_batch_bytes=1024 * 1024,
+        flush_timeout=150,
     )
     proc = start(cfg)
     peak = 0

@@ -45,7 +45,7 @@ from tests.faults.spoolkit import (
     write_config,
 )
 from tests.helpers import run_cli
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy, most_at_once
 from tests.support.streams import new_stream, read_stream
 
 
@@ -205,6 +205,14 @@ _MACHINES = {
 }
 
 
+def _twelve_machines(n: int) -> bytes:
+    return b"".join(
+        orjson.dumps({"machine": f"m{i % 12}", "time": 1_790_000_000_000 + i, "values": {"seq": i}})
+        + b"\n"
+        for i in range(n)
+    )
+
+
 @pytest.mark.slow
 def test_a_run_whose_connection_check_failed_delivers_what_it_reports_delivered(
     tmp_path: Path, kinesis: Any, moto: Any
@@ -216,11 +224,7 @@ def test_a_run_whose_connection_check_failed_delivers_what_it_reports_delivered(
     comes, acknowledged records went missing with exit 0: see moto_main.py.)"""
     n = 8_000
     stream = new_stream(kinesis, shards=1)
-    data = b"".join(
-        orjson.dumps({"machine": f"m{i % 12}", "time": 1_790_000_000_000 + i, "values": {"seq": i}})
-        + b"\n"
-        for i in range(n)
-    )
+    data = _twelve_machines(n)
     with FaultProxy(moto.url, record_acks=True) as proxy:
         proxy.set_faults(error=1.0, targets={"DescribeStreamSummary"})
         sink = kinesis_sink(
@@ -245,6 +249,35 @@ def test_a_run_whose_connection_check_failed_delivers_what_it_reports_delivered(
         mine = [seq for d, seq in zip(records, got, strict=True) if d["machine"] == m]
         assert mine == sorted(mine), f"{m} out of order"
     assert f"{n + 12} accepted, {n + 12} delivered" in err, err[-2000:]
+
+
+@pytest.mark.slow
+def test_after_a_failed_check_the_lanes_follow_the_shards_once_they_are_listed(
+    tmp_path: Path, kinesis: Any, moto: Any
+) -> None:
+    """DescribeStreamSummary fails at start, ListShards works: the sink learns the shards
+    from its watcher, and from then on no two requests are out on one shard at once
+    (each shard has one lane), although 12 machines' keys spread over 4 lanes."""
+    stream = new_stream(kinesis, shards=2)
+    with FaultProxy(moto.url, record_acks=True) as proxy:
+        proxy.set_faults(error=1.0, targets={"DescribeStreamSummary"})
+        sink = kinesis_sink(stream, proxy.url, max_batch_records=20, rate_limit=False, linger_ms=5)
+        sink["spool"] = {"path": str(tmp_path / "spool"), "sync": "normal"}
+        proc = start(write_config(tmp_path, {"cloud": sink}, machines=_MACHINES))
+        assert proc.stdin is not None and proc.stderr is not None
+        wait_until(lambda: status(tmp_path), what="the run to start")
+        time.sleep(2)  # the watcher lists the shards right after the failed check
+        proxy.set_faults(slow=1.0, slow_seconds=0.02)  # every PutRecords stays out a while
+        since = time.monotonic()  # the metadata went out before: lanes picked by key
+        proc.stdin.write(_twelve_machines(2_000))
+        proc.stdin.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 0, err[-2000:]
+        puts = [p for p in proxy.puts() if p.arrived > since]
+    assert "starting anyway" in err and "2 open shards now" in err, err[-2000:]
+    assert len({s for p in puts for s in p.shards}) == 2, puts
+    assert most_at_once(puts) == 1
+    assert sorted(seqs(kinesis, stream)) == list(range(2_000))
 
 
 # -- reloads --------------------------------------------------------------------------------

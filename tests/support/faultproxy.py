@@ -41,7 +41,8 @@ injected. Everything is thread-safe and may be changed while traffic flows.
 
 ``FaultProxy(..., record_acks=True)`` also keeps every PutRecords entry answered as
 stored to the client (``acknowledged()``: shard, sequence number, key and data), so a
-test can tell what the sink was told from what the stream holds.
+test can tell what the sink was told from what the stream holds, and when each
+PutRecords was out and on which shards (``puts()``, ``most_at_once``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,29 @@ class Ack(NamedTuple):
     sequence_number: str
     partition_key: str
     data: bytes
+
+
+class Put(NamedTuple):
+    """One PutRecords answered with stored entries: from its arrival to its answer."""
+
+    arrived: float
+    answered: float
+    shards: frozenset[str]
+
+
+def most_at_once(puts: Iterable[Put]) -> int:
+    """The most PutRecords that were out at the same moment on one shard."""
+    events: dict[str, list[tuple[float, int]]] = {}
+    for p in puts:
+        for shard in p.shards:
+            events.setdefault(shard, []).extend([(p.arrived, 1), (p.answered, -1)])
+    most = 0
+    for marks in events.values():
+        out = 0
+        for _, step in sorted(marks):  # an answer before an arrival at the same instant
+            out += step
+            most = max(most, out)
+    return most
 
 
 class _Server(ThreadingHTTPServer):
@@ -132,6 +156,8 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._record_acks = record_acks
         self._acks: list[Ack] = []
+        """Guarded by ``_lock``; only filled with ``record_acks``."""
+        self._puts: list[Put] = []
         """Guarded by ``_lock``; only filled with ``record_acks``."""
         self.port = port
         self.set_faults()
@@ -231,6 +257,12 @@ class FaultProxy:
         with self._lock:
             self._counters.clear()
 
+    def puts(self) -> list[Put]:
+        """Every PutRecords answered with stored entries so far (needs
+        ``record_acks=True``)."""
+        with self._lock:
+            return list(self._puts)
+
     def acknowledged(self) -> list[Ack]:
         """Every PutRecords entry answered as stored so far, in the order answered
         (needs ``record_acks=True``)."""
@@ -257,6 +289,7 @@ class FaultProxy:
             return p > 0 and self._rng.random() < p
 
     def _handle(self, h: _Handler, method: str) -> None:
+        arrived = time.monotonic()
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         target = (h.headers.get("X-Amz-Target") or "").rpartition(".")[2]
@@ -304,8 +337,10 @@ class FaultProxy:
                 self._reply_error(h)
                 return
         if acks:
+            put = Put(arrived, time.monotonic(), frozenset(a.shard_id for a in acks))
             with self._lock:
                 self._acks.extend(acks)
+                self._puts.append(put)
         self._reply(h, status, headers, payload)
 
     def _drop_entries(self, body: bytes) -> tuple[bytes | None, list[int]]:

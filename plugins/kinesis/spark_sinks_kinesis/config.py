@@ -227,7 +227,9 @@ class KinesisConfig(SinkConfig):
     """How long a partial batch may wait for more records before it is sent."""
     max_record_bytes: int = Field(MiB, ge=1024, le=RECORD_MAX_BYTES)
     """Larger records (data + partition key) go to the dead letter. 1 MiB is Kinesis's
-    default; raise it only for a stream whose maximum record size was raised."""
+    default; raise it only for a stream whose maximum record size was raised. With
+    ``rate_limit`` at most ``shard_limits.bytes_per_second``, and by default so when that
+    is lower."""
     max_buffered_bytes: int = Field(16 * MiB, ge=MiB)
     """Bound on record bytes held (queued or being sent); ``write`` blocks beyond it. The
     envelopes behind them take about ten times as much memory as Python objects."""
@@ -271,7 +273,8 @@ class KinesisConfig(SinkConfig):
     partition key is never in two requests at once."""
     shard_refresh_seconds: float = Field(60.0, ge=0.1, le=86_400)
     """How often the shard map is listed again (besides when a write lands on a shard the
-    map does not know), to follow splits, merges and on-demand scaling."""
+    map does not know, or is refused for a closed one), to follow splits, merges and
+    on-demand scaling. Not set: every 60 s, or 10 s for an on-demand stream."""
 
     @model_validator(mode="before")
     @classmethod

@@ -3,9 +3,10 @@ again every ``shard_refresh_seconds`` (or at once when a write lands on a shard 
 does not know, or is refused for a shard a resharding closed), and applying a changed
 map to the lanes.
 
-Shared state: the watcher thread owns ``_failed`` and ``_listed`` (``load`` sets them
-before it starts); ``period`` is set before ``load``; the two events are thread-safe; the
-lanes, queues and map it changes belong to ``Buffer.lock``, taken in ``apply``.
+Shared state: the watcher thread owns ``_failed`` and ``_listed`` (``load`` and
+``load_later`` set them before it starts); ``period`` is set before ``load``; the two
+events are thread-safe; the lanes, queues and map it changes belong to ``Buffer.lock``,
+taken in ``apply``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,19 @@ class ShardWatcher:
             return
         if shards:
             self.apply(ShardMap(shards))
+        self._start()
+
+    def load_later(self) -> None:
+        """The stream did not answer at start (e.g. a gateway that boots before its
+        network): learn the shards from the watcher thread, at once and then every
+        ``shard_refresh_seconds``, so that lanes stop sharing shards and the shards'
+        rate limits apply once the stream answers. The failed check has said why: a
+        listing that fails too says nothing more."""
+        self._failed = True
+        self.refresh.set()
+        self._start()
+
+    def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(
                 target=self._watch, name=f"kinesis-{self._name}-shards", daemon=True

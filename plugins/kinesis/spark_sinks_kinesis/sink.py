@@ -16,7 +16,8 @@ Data flow::
   queue, so no two lanes write to the same shard; with it, a shard has up to
   ``max_in_flight_per_shard`` queues in as many lanes (its keys spread evenly over
   them, ``Buffer.place``), so that requests to it overlap and its budget is not idle
-  while one waits for its answer.
+  while one waits for its answer. (Until the shards are known, after a failed check,
+  lanes are picked by key, and so several may write one shard.)
 * With ``rate_limit`` each shard has a meter (``rate.py``), shared by its queues: a
   request takes from each queue only what its shard's per-second limits allow.
 * When the stream's shards change (listed every ``shard_refresh_seconds``, or at once
@@ -150,12 +151,15 @@ class KinesisSink(Sink):
 
     def check(self) -> str:
         cfg = self.config
+        assert self._watcher is not None
         try:
             summary = self._client.describe_stream_summary(**cfg.stream)["StreamDescriptionSummary"]
         except Exception as exc:
+            self._watcher.load_later()  # a spooled sink runs on
             raise SinkError(self._explain(exc, "DescribeStreamSummary")) from None
         status = summary.get("StreamStatus")
         if status not in ACTIVE_STATES:
+            self._watcher.load_later()
             raise SinkError(
                 f"Kinesis stream {cfg.stream_name!r} in {cfg.region} is {status}, "
                 "not ACTIVE or UPDATING"
@@ -165,7 +169,6 @@ class KinesisSink(Sink):
         text = (
             f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({mode}, {shards} open shards)"
         )
-        assert self._watcher is not None
         self._watcher.period = refresh_seconds(cfg, mode)
         self._watcher.load()
         if cfg.connection_test:

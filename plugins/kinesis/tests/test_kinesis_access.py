@@ -271,9 +271,11 @@ def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
         f"a {password} b {quoted} c {pair} d {base64.b64encode(pair.encode()).decode()} "
         f"e {access.masked_proxy(url)}"
     )
-    # the registry is global: leave it as it was, forms included (a password's forms left
-    # behind redacted words of later tests' messages, such as 'bytes')
+    # the registry is global: start from nothing and leave it as it was, forms included (a
+    # password's forms left behind redacted words of later tests' messages, such as 'bytes')
     saved, forms = set(logs._secrets), logs._forms
+    logs._secrets.clear()
+    logs._forms = ()
     try:
         for secret in access.proxy_secrets(url):
             logs.add_secret(secret)
