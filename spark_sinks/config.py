@@ -7,6 +7,7 @@ e.g. ``sinks.cloud.region: 'bad-region' is not an AWS region``.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -162,8 +163,47 @@ def _message(err: ErrorDetails) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    msg = " ".join(str(err["msg"]).split())[:300]
+    msg = " ".join(_as_json(str(err["msg"]), err).split())[:300]
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+_PY_STRING = re.compile(r"""'(?:[^'\\\n]|\\.)*'""")
+"""A Python string literal in single quotes, as ``repr`` writes most strings."""
+_MAX_VALUES = 200
+"""Values of an input looked for in its message (a model validator gets a whole block)."""
+
+
+def _as_json(msg: str, err: ErrorDetails) -> str:
+    """Values a validator wrote with Python's ``repr`` (``'eu'``, ``True``, ``None``),
+    written as JSON instead (``"eu"``, ``true``, ``null``), as ``show`` writes them.
+    Only values of the input are replaced, and the choices of a ``Literal``, so that
+    prose around them is never touched."""
+    if err["type"] in ("literal_error", "enum"):
+        return _PY_STRING.sub(lambda m: show(ast.literal_eval(m.group(0))), msg)
+    for value in _scalars(err.get("input")):
+        python = repr(value)
+        if python in msg:
+            # in full, as the validator wrote it: a cut value would escape redaction
+            msg = msg.replace(python, show(value, 2 * len(python) + 10))
+    return msg
+
+
+def _scalars(value: Any) -> list[str | bool | None]:
+    """The values in ``value`` whose ``repr`` is not their JSON (strings, booleans, null),
+    longest first, so that a value inside a longer one is not replaced first; at most
+    ``_MAX_VALUES`` looked at."""
+    found: set[str | bool | None] = set()
+    todo, seen = [value], 0
+    while todo and seen < _MAX_VALUES:
+        v = todo.pop()
+        seen += 1
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list | tuple):
+            todo.extend(v)
+        elif v is None or isinstance(v, str | bool):
+            found.add(v)
+    return sorted(found, key=lambda v: -len(repr(v)))
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:

@@ -354,9 +354,9 @@ def test_spool_still_works_as_a_deprecated_alias_of_the_disk_buffer(tmp_path, re
             "sinks.out.buffer: when_full: drop_newest needs type: memory",
         ),
         ({"path": "/x"}, "sinks.out.buffer: path needs type: disk"),
-        ({"type": "ram"}, "sinks.out.buffer.type: Input should be 'memory' or 'disk'"),
+        ({"type": "ram"}, 'sinks.out.buffer.type: Input should be "memory" or "disk"'),
         ({"max_bytes": 10}, "sinks.out.buffer.max_bytes: Input should be greater than or equal"),
-        ({"when_full": "wait"}, "sinks.out.buffer.when_full: Input should be 'block', 'drop_"),
+        ({"when_full": "wait"}, 'sinks.out.buffer.when_full: Input should be "block", "drop_'),
         ({"size": 1}, "sinks.out.buffer.size: unknown key"),
     ],
 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from spark_sinks.config import load_config
 from spark_sinks.errors import ConfigError
 from spark_sinks.plugins import load_registry
+from spark_sinks.show import show
 from tests.helpers import MACHINES, run_cli, write_config
 
 
@@ -128,3 +131,54 @@ def test_cli_check_validates_and_reports_sinks(tmp_path):
     assert f"config: ok ({len(MACHINES)} machines, source ndjson)" in out
     assert "sink out: ok\n" in out
     assert "sink off: disabled" in out
+
+
+# -- values in messages are JSON, also in the plugins' own messages (issue 11) ---------------
+
+KINESIS = {"type": "kinesis", "stream_name": "s", "region": "us-east-1"}
+MQTT = {"type": "mqtt", "host": "localhost", "topic": "spark/{machine}"}
+
+
+@pytest.mark.parametrize(
+    ("sink", "says"),
+    [
+        ({**KINESIS, "region": "mars-north-1"}, 'sinks.out.region: "mars-north-1" is not an AWS'),
+        ({**MQTT, "topic": "spark/{line}"}, 'sinks.out.topic: topic template "spark/{line}" uses'),
+        ({**MQTT, "format": "xml"}, 'sinks.out.format: Input should be "json" or "sparkplug_b"'),
+        (
+            {"type": "stdout", "buffer": {"type": "ram"}},
+            'sinks.out.buffer.type: Input should be "memory" or "disk"',
+        ),
+    ],
+)
+def test_plugin_config_errors_show_values_as_json_end_to_end(tmp_path, sink, says):
+    """Before: Python's repr ('mars-north-1'), from the plugins' validators and pydantic."""
+    result = run_cli("check", "-c", str(write_config(tmp_path / "c.yaml", sinks={"out": sink})))
+    err = result.stderr.decode()
+    assert result.returncode == 2 and len(err.splitlines()) == 1, err
+    assert says in err, err
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    value=st.text(
+        st.characters(
+            blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), blacklist_characters="$"
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_any_value_a_plugin_validator_echoes_is_written_as_json(tmp_path_factory, registry, value):
+    path = write_config(
+        tmp_path_factory.mktemp("json") / "c.yaml", sinks={"out": {**KINESIS, "region": value}}
+    )
+    try:
+        load_config(path, registry)
+    except ConfigError as exc:
+        msg = str(exc)
+    else:  # a name Kinesis knows (e.g. "US-EAST-1"): no message to look at
+        assume(False)
+    assert f"sinks.out.region: {show(value, 1000)} is not an AWS region" in msg, msg
+    if repr(value) != show(value, 1000):
+        assert repr(value) not in msg, msg

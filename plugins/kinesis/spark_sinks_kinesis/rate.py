@@ -26,7 +26,7 @@ the stream stops refusing, while the few entries a server's one-second windows r
 when requests arrive late (network or scheduling delays) cost only their own share of
 the rate.
 
-Only the thread that holds the sink's lock uses a meter (see ``sink.py``).
+Only the thread that holds ``Buffer.lock`` uses a meter (see ``queues.py``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class TestMqttSinkContract(SinkContract):
         Invalid({"password": "x"}, "password", "password is set but username is not"),
         Invalid({"group_id": "a/b"}, "group_id", "not allowed in a Sparkplug ID"),
         Invalid({"max_in_flight": 70000}, "max_in_flight", "less than or equal to 65000"),
-        Invalid({"format": "xml"}, "format", "Input should be 'json' or 'sparkplug_b'"),
+        Invalid({"format": "xml"}, "format", 'Input should be "json" or "sparkplug_b"'),
     ]
 
     @pytest.fixture

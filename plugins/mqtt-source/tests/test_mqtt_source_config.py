@@ -28,11 +28,11 @@ def check(tmp_path: Path, **source: Any) -> tuple[int, str]:
     ("source", "expect"),
     [
         ({"topics": []}, "source.topics: List should have at least 1 item"),
-        ({"topics": ["a/#/b"]}, "source.topics: 'a/#/b': '#' must be the last level"),
+        ({"topics": ["a/#/b"]}, "source.topics: \"a/#/b\": '#' must be the last level"),
         ({"topics": ["a/b+"]}, "'+' and '#' must fill a whole topic level"),
         ({"topics": ["$share/g"]}, "a shared subscription is $share/<group>/<filter>"),
         ({"qos": 2}, "source.qos: Input should be 0 or 1"),
-        ({"format": "xml"}, "source.format: Input should be 'json'"),
+        ({"format": "xml"}, 'source.format: Input should be "json"'),
         ({"port": 0}, "source.port: Input should be greater than or equal to 1"),
         ({"max_pending": 70000}, "source.max_pending: Input should be less than or equal"),
         ({"tls": {"ca_file": "/nonexistent/ca.crt"}}, "source.tls.ca_file: file"),

@@ -358,9 +358,12 @@ def _number(value: Any) -> float:
     if type(value) not in (int, float):
         raise SparkplugError(f"{value!r} is not a number")
     try:
-        return float(value)
+        v = float(value)
     except OverflowError:
         raise SparkplugError(f"{value} is too large for a double") from None
+    if type(value) is int and int(v) != value:  # beyond 2**53: a double would round it
+        raise SparkplugError(f"{value} cannot be carried exactly by a double (use int64)")
+    return v
 
 
 def _float32(value: Any) -> float:
