@@ -137,7 +137,10 @@ def test_a_slow_sink_holds_up_neither_kinesis_nor_stdout(tmp_path, moto, slow_si
     else:
         assert result.returncode == 1, err  # drops are losses: exit 0 never hides one
         assert slow["dropped"] > 0 and slow["failed"] == slow["pending"] == 0, slow
-        assert slow["delivered"] == len(got) + 4
+        # the 4 metadata envelopes come first: drop_oldest may drop them too when the
+        # worker is slow to start (a busy machine), drop_newest never does
+        metadata = slow["delivered"] - len(got)
+        assert metadata == 4 if when_full == "drop_newest" else 0 <= metadata <= 4, slow
         assert "DROPPED" in err
         newest_kept = N - 1 in got
         assert newest_kept == (when_full == "drop_oldest"), got[-5:]

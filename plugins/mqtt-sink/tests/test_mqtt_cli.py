@@ -151,7 +151,10 @@ def test_tls_with_client_certificates(
     sub = subscriber(prefix_of(block) + "/#")
     result = run(write_config(tmp_path / "c.yaml", {"m": block}), ndjson(records(20)))
     assert result.returncode == 0, result.stderr.decode()
-    assert len(settled(sub, at_least=22)) == 22
+    got = settled(sub, at_least=22)
+    # QoS 1 is at least once: a connection lost on a busy machine may bring a copy again
+    # (seen in make test: 24 messages), never a gap
+    assert len({(m.topic, m.payload) for m in got}) == 22, [m.topic for m in got]
 
 
 @pytest.mark.parametrize(
