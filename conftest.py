@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from spark_sinks import logs
 from tests.support.mosquitto import Certs, Mosquitto, make_certs, mosquitto_broker
 from tests.support.moto_server import MotoServer, moto_server
 
@@ -25,6 +26,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid.split("[")[0] in listed:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _secret_registry_restored() -> Iterator[None]:
+    """Every config a test loads in-process registers its secrets for redaction, for the
+    life of the process (as a run needs). Restored after each test: the forms of one
+    test's generated secrets (base64 pieces of 4 characters among them) would otherwise
+    blank out words in a later test's output (seen in CI as two unrelated failures)."""
+    secrets, forms = set(logs._secrets), logs._forms
+    yield
+    with logs._lock:
+        logs._secrets.clear()
+        logs._secrets.update(secrets)
+        logs._forms = forms
 
 
 @pytest.fixture(scope="session")

@@ -45,9 +45,14 @@ def _members(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Iterator[An
         yield _Raw("]")
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+"""Line breaks to ``str.splitlines`` that JSON may leave raw: escaped, so that a message
+stays one line (hypothesis found a sink named "\\x85" splitting a ``status`` error)."""
+
+
 def _string(s: str) -> str:
     try:
-        return orjson.dumps(s).decode()
+        return orjson.dumps(s).decode().translate(_LINE_BREAKS)
     except TypeError:  # lone surrogates: escape them, as JSON allows
         return json.dumps(s)
 

@@ -15,8 +15,8 @@ class TestStdoutSinkContract(SinkContract):
     sink_class = StdoutSink
     plugin_module = spark_sinks_stdout
     invalid_configs = [
-        Invalid({"format": "yaml"}, "format", "'json' or 'pretty'"),
-        Invalid({"color": "sometimes"}, "color", "'auto', 'always' or 'never'"),
+        Invalid({"format": "yaml"}, "format", '"json" or "pretty"'),
+        Invalid({"color": "sometimes"}, "color", '"auto", "always" or "never"'),
         Invalid({"flush_timeout": 0}, "flush_timeout", "greater than 0"),
     ]
 
