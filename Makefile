@@ -7,7 +7,7 @@ EDITABLES := -e . -e plugins/stdout -e plugins/kinesis -e plugins/sparkplug -e p
 # the MQTT source plugin (its own line, so that other plugins' lines merge cleanly)
 EDITABLES += -e plugins/mqtt-source
 
-.PHONY: all venv run test test-fast typecheck lint format bench demo clean
+.PHONY: all venv run test test-fast fuzz typecheck lint format bench demo clean
 
 all: venv
 
@@ -40,6 +40,12 @@ typecheck: venv
 # The quick loop while developing: everything not marked slow (`make test` runs it all).
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The property tests with fresh random seeds (`make test` replays fixed ones); run it a few
+# times while developing, and turn what it finds into an @example.
+FUZZ_FILES = $(shell grep -rl --include='test_*.py' '^from hypothesis' tests plugins consumer examples)
+fuzz: venv
+	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q $(FUZZ_FILES)
 
 lint: venv
 	$(BIN)/ruff check .

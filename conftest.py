@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from spark_sinks import logs
 from tests.support.mosquitto import Certs, Mosquitto, make_certs, mosquitto_broker
 from tests.support.moto_server import MotoServer, moto_server
 
 SLOW_LIST = Path(__file__).with_name("tests") / "slow_tests.txt"
+
+# Hypothesis: `make test` (and so CI) loads Hypothesis' own "ci" profile: every run
+# replays the same generated cases (derandomize), so whether a commit lands depends on
+# the code, not on the seed. Exploring with fresh seeds is `make fuzz`
+# (HYPOTHESIS_PROFILE=explore), to run while developing; what it finds becomes an
+# explicit @example.
+settings.register_profile("explore", derandomize=False, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

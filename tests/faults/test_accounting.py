@@ -4,6 +4,7 @@ across dead letters that cannot be written, reloads, restarts and spool replays.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -404,12 +405,16 @@ class Accounting(RuleBasedStateMachine):
     @rule(broken=st.booleans())
     def dead_letter_file(self, broken: bool) -> None:
         """Broken: a directory stands where the dead-letter file goes."""
-        if broken and not self.dead.is_dir():
+        # The sink's worker may append a dead letter (creating the file) between
+        # the rename and the mkdir, as it did once in CI: try again until the
+        # directory stands.
+        while broken and not self.dead.is_dir():
             # keep what was already set aside: the teardown counts it as not lost
             if self.dead.exists():
                 self.dead.rename(self.dead.with_name(f"kept-{time.monotonic_ns()}.jsonl"))
-            self.dead.mkdir()
-        elif not broken and self.dead.is_dir():
+            with contextlib.suppress(FileExistsError):
+                self.dead.mkdir()
+        if not broken and self.dead.is_dir():
             self.dead.rmdir()
 
     @rule()
