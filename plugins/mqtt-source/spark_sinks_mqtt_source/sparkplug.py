@@ -109,8 +109,10 @@ class SparkplugDecoder:
         if kind == "DBIRTH":
             self._devices[key] = self._birth(key, payload)
             return []
-        if key not in self._devices and self._checked(node):
-            self._rebirth(node, f"DDATA of device {t.device_id!r} without its DBIRTH")
+        if key not in self._devices:
+            self._machine(key)  # a device that is no machine here is rejected, not asked about
+            if self._checked(node):
+                self._rebirth(node, f"DDATA of device {t.device_id!r} without its DBIRTH")
         return self._data(key, payload)
 
     def tick(self) -> None:

@@ -64,7 +64,16 @@ def start(
 
 def test_births_and_data_become_records(tmp_path: Path, mosquitto: Mosquitto, group: str) -> None:
     # a host application's STATE (as spBv1.0/# would bring it) is skipped, not rejected
-    run = start(tmp_path, mosquitto, group, "spBv1.0/STATE/#", devices={"big-press": "m1"})
+    # (the XDATA below is rejected unread: its seq 7 never arrives, and that gap would bring
+    # a rebirth request only after this long)
+    run = start(
+        tmp_path,
+        mosquitto,
+        group,
+        "spBv1.0/STATE/#",
+        devices={"big-press": "m1"},
+        reorder_timeout=600,
+    )
     pub = Client(mosquitto).connect()
     top = f"spBv1.0/{group}"
     defs = codec.metric_defs(MACHINES["m0"]["variables"])
@@ -116,6 +125,10 @@ def test_births_and_data_become_records(tmp_path: Path, mosquitto: Mosquitto, gr
     assert "not a Sparkplug B payload" in run.err
     assert "'ghost' of edge node 'e1' is no configured machine" in run.err
     assert "lacks variables: seq" in run.err
+    # the DDATA after m0's DDEATH comes without a DBIRTH: a rebirth is asked; the ghost
+    # device, no machine here, is only rejected (asking would repeat every 30 s for ever)
+    [asked] = [ln for ln in run.err.splitlines() if "asking it for a rebirth" in ln]
+    assert f"edge node {group}/e1: DDATA of device 'm0' without its DBIRTH;" in asked
 
 
 def alias_birth(seq: int) -> bytes:
