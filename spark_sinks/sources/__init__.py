@@ -72,6 +72,13 @@ class Source:
         """Produce until the input ends or ``stop`` is set."""
         raise NotImplementedError
 
+    def check(self) -> str | None:
+        """Optional, for ``spark-sinks check``: prove the input can be read (connect and
+        authenticate to a broker, say) without consuming it; raise ``SparkSinksError`` with
+        one line naming the problem. Returns a short description of what works, or None
+        (the default) when there is nothing to probe."""
+        return None
+
 
 @hookimpl
 def spark_sinks_register_sources(register: Any) -> None:

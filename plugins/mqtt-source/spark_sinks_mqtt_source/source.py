@@ -24,6 +24,7 @@ from spark_sinks import Feed, Source
 
 from .config import MqttSourceConfig
 from .connection import Connection, Incoming, MqttSourceError, RateLimited
+from .probe import probe
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,10 @@ class MqttSource(Source):
         self.fed = 0
         """Items handed to the feed so far: the positions ``Feed.settled`` counts."""
         self._decode: Decoder = decode_json
+
+    def check(self) -> str:
+        """Connect, authenticate and subscribe as ``<client_id>-check`` (see ``probe``)."""
+        return probe(self.config)
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         conn = Connection(self.config)
