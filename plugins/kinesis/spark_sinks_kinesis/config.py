@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from spark_sinks import SinkConfig
+from spark_sinks.show import show
 
 MiB = 1024 * 1024
 
@@ -85,15 +86,15 @@ class StreamArn:
         m = _STREAM_ARN.fullmatch(text.strip())
         if m is None:
             raise ValueError(
-                f"{text!r} is not a Kinesis stream ARN "
+                f"{show(text)} is not a Kinesis stream ARN "
                 "(arn:aws:kinesis:<region>:<12-digit account>:stream/<name>)"
             )
         self.region = m["region"]
         self.name = m["name"]
         if not _STREAM_NAME.fullmatch(self.name):
-            raise ValueError(f"the stream name in {text!r} is not a valid Kinesis stream name")
+            raise ValueError(f"the stream name in {show(text)} is not a valid Kinesis stream name")
         if self.region not in kinesis_regions():
-            raise ValueError(f"the region in {text!r} is not one where Kinesis is available")
+            raise ValueError(f"the region in {show(text)} is not one where Kinesis is available")
 
 
 def _check_url(v: str | None) -> str | None:
@@ -101,7 +102,7 @@ def _check_url(v: str | None) -> str | None:
         return None
     v = v.strip()
     if not _URL.fullmatch(v):
-        raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        raise ValueError(f"{show(v)} is not an http:// or https:// URL")
     return v
 
 
@@ -150,7 +151,7 @@ def normalize_region(value: str) -> str:
         raise ValueError("must not be empty (e.g. us-east-1)")
     region = UI_REGION_NAMES.get(text, text)
     if region not in kinesis_regions():
-        raise ValueError(f"{value!r} is not an AWS region where Kinesis is available")
+        raise ValueError(f"{show(value)} is not an AWS region where Kinesis is available")
     return region
 
 
@@ -343,8 +344,8 @@ class KinesisConfig(SinkConfig):
             raise ValueError("must not be empty")
         if not _STREAM_NAME.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a valid Kinesis stream name "
-                "(1-128 characters: letters, digits, '_', '.', '-')"
+                f"{show(v)} is not a valid Kinesis stream name "
+                "(1-128 characters: letters, digits and any of _.-)"
             )
         return v
 
@@ -375,7 +376,7 @@ class KinesisConfig(SinkConfig):
     def _role_arn(cls, v: str | None) -> str | None:
         if v is not None and not _ROLE_ARN.fullmatch(v.strip()):
             raise ValueError(
-                f"{v!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+                f"{show(v)} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
             )
         return None if v is None else v.strip()
 
@@ -393,7 +394,7 @@ class KinesisConfig(SinkConfig):
     def _session_name(cls, v: str | None) -> str | None:
         if v is not None and not _SESSION_NAME.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a role session name "
+                f"{show(v)} is not a role session name "
                 "(2-64 characters: letters, digits and any of _+=,.@-)"
             )
         return v
@@ -415,11 +416,11 @@ class KinesisConfig(SinkConfig):
         try:
             text = path.read_bytes()
         except FileNotFoundError:
-            raise ValueError(f"file {v!r} not found") from None
+            raise ValueError(f"file {show(v)} not found") from None
         except OSError as exc:
-            raise ValueError(f"cannot read {v!r}: {exc.strerror}") from None
+            raise ValueError(f"cannot read {show(v)}: {exc.strerror}") from None
         if b"-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError(f"{v!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+            raise ValueError(f"{show(v)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
         return str(path)
 
     @field_validator("compression")
@@ -469,8 +470,8 @@ class KinesisConfig(SinkConfig):
             arn_region = StreamArn(self.stream_arn).region
             if arn_region != self.region:
                 raise ValueError(
-                    f"region {self.region!r} differs from the region of stream_arn "
-                    f"({arn_region!r}); remove region or make them agree"
+                    f"region {show(self.region)} differs from the region of stream_arn "
+                    f"({show(arn_region)}); remove region or make them agree"
                 )
         if self.role_arn is None:
             given = self.model_fields_set & {
