@@ -119,6 +119,9 @@ def summarise(report: Report) -> None:
         report.incomplete_dropped,
         report.incomplete_emitted,
     )
+    if report.source:
+        counts = ", ".join(f"{n} {name}" for name, n in report.source.items())
+        log.info("source: %s", counts)
     for name, s in report.sinks.items():
         why = report.not_started.get(name)
         head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"

@@ -81,6 +81,12 @@ class Source:
         (the default) when there is nothing to probe."""
         return None
 
+    def counters(self) -> dict[str, int]:
+        """Optional: the source's own counters (name -> count, growing over the run), shown
+        in the run's summary and the status file (``input.source``). Called from other
+        threads while ``run`` runs: return a new dict each time."""
+        return {}
+
 
 @hookimpl
 def spark_sinks_register_sources(register: Any) -> None:
