@@ -275,6 +275,30 @@ def test_sigterm_while_one_start_up_request_of_kinesis_hangs(moto, tmp_path, run
     assert "sink 'cloud' not started: stopped by SIGTERM" in err
 
 
+@pytest.mark.slow
+def test_a_sighup_during_start_up_is_applied_once_the_run_starts(moto, tmp_path, runs):
+    """The operator edits the file and sends SIGHUP while a sink's start-up check is still
+    waiting (here 4 s for the stream summary). Before: the signal was dropped without a
+    word, and the edit was never applied."""
+    stream = new_stream(moto.client("kinesis"), 1)
+    with FaultProxy(moto.url, seed=1) as proxy:
+        proxy.set_faults(slow=1.0, slow_seconds=4, targets={"DescribeStreamSummary"})
+        cloud = kinesis_sink(proxy.url, stream)
+        cfg = config(tmp_path, {"cloud": cloud})
+        env = {**kinesis_env(), "SPARK_SINKS_LOAD_PLUGINS": "kinesis,stdout"}
+        run = runs(tmp_path, cfg, env)
+        wait_for(lambda: proxy.counters().get("slowed"), run.proc)
+        config(tmp_path, {"cloud": cloud, "out": {"type": "stdout"}})  # the edit
+        run.proc.send_signal(signal.SIGHUP)
+        run.feed(LINE)  # a batch: a requested reload is applied after it
+        wait_for(lambda: "reload applied" in run.stderr, run.proc, timeout=60)
+        run.feed(LINE, close=True)
+        assert run.proc.wait(60) == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    out = run.out_path.read_bytes()
+    assert b'"type":"record"' in out, run.stderr  # the sink the edit added got data
+
+
 # -- running and the final flush --------------------------------------------------------------
 
 
