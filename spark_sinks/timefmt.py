@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from .show import show
@@ -18,6 +18,9 @@ _CANONICAL = re.compile(
 
 _MIN_SEC = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
 _MAX_SEC = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 _last: list[Any] = [None, ""]
 """The last second formatted, and its text: consecutive samples share their second."""
@@ -78,8 +81,9 @@ def normalize(value: object) -> str:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         try:
-            ts = dt.timestamp()
-            return format_ms(int(ts * 1000 + (0.5 if ts >= 0 else -0.5)))
+            # the millisecond it falls in, exactly (no float): further digits are dropped,
+            # as JavaScript's Date.parse does, never rounded into the next second or year
+            return format_ms((dt - _EPOCH) // _MS)
         except (OverflowError, ValueError):  # e.g. year 1 with an offset east of UTC
             raise _outside(value) from None
     if isinstance(value, int) and not isinstance(value, bool):

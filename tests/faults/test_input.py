@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +25,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from spark_sinks import timefmt
 from tests.helpers import CLI, MACHINES, run_cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -394,6 +395,42 @@ def test_integers_beyond_64_bits_reach_the_dead_letter_file_exactly(
     kept = [x["value"] if point else x["values"]["count"] for x in items]
     assert kept == values
     assert all(type(k) is int for k in kept)
+
+
+# -- 1e. ISO 8601 times, to the millisecond -------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+offsets = st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=offsets
+    ),
+    digits=st.integers(1, 6),
+)
+@example(when=datetime(9999, 12, 30, 23, 59, 59, 999_900, tzinfo=UTC), digits=4).via(
+    "rounded up into the year 10000: 'outside the years 1 to 9999'"
+)
+@example(when=datetime(2026, 1, 1, 0, 0, 0, 999_900, tzinfo=UTC), digits=4).via(
+    "rounded up to the next second"
+)
+def test_an_iso_time_is_cut_to_its_millisecond_as_javascript_does(when, digits):
+    """In process (many cases): any ISO 8601 time in the years 1 to 9999, at any offset and
+    with 1 to 6 decimals, becomes the millisecond it falls in (JavaScript's Date.parse
+    drops further digits). Before: rounded to the nearest, through a float, so
+    23:59:59.9999 became the next second, and on 9999-12-31 was refused as outside
+    the years 1 to 9999."""
+    full = when.isoformat(timespec="microseconds")  # 2026-01-01T00:00:00.999900+01:00
+    text = full[: 20 + digits] + full[26:]
+    exact = datetime.fromisoformat(text)
+    utc = exact.astimezone(UTC)
+    want = f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+    assert timefmt.normalize(text) == want, text
+    assert timefmt.normalize(text) == timefmt.format_ms(
+        (exact - _EPOCH) // timedelta(milliseconds=1)
+    )
 
 
 # -- 2. end of input -----------------------------------------------------------------------
