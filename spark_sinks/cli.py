@@ -119,6 +119,9 @@ def summarise(report: Report) -> None:
         report.incomplete_dropped,
         report.incomplete_emitted,
     )
+    if report.source:
+        counts = ", ".join(f"{n} {name}" for name, n in report.source.items())
+        log.info("source: %s", counts)
     for name, s in report.sinks.items():
         why = report.not_started.get(name)
         head = f"sink {name!r} not started: {why};" if why else f"sink {name!r}:"
@@ -134,7 +137,7 @@ def summarise(report: Report) -> None:
 @CONFIG_OPTION
 @log_options
 def check(config_path: Path) -> None:
-    """Validate the config and run each enabled sink's connection check.
+    """Validate the config, and run the source's and each enabled sink's connection check.
 
     Exits 0 when every check passed, 1 when one failed, 2 for a bad config; a first
     SIGINT/SIGTERM ends it at once with one line and 128 + the signal's number."""
@@ -154,7 +157,7 @@ def _check(config_path: Path, sup: CheckSupervisor) -> int:
     if log.getEffectiveLevel() >= logging.INFO:
         # Each verdict is printed below, once; a sink's own INFO line would repeat it.
         logging.getLogger("spark_sinks.sink").setLevel(logging.WARNING)
-    failed = 0
+    failed = _check_source(config, sup)
     for spec in config.sinks.values():
         if not spec.config.enabled:
             click.echo(f"sink {spec.name}: disabled")
@@ -170,6 +173,25 @@ def _check(config_path: Path, sup: CheckSupervisor) -> int:
         detail = "" if active.checked == "ok" else f" ({active.checked})"
         click.echo(logs.redact(f"sink {spec.name}: ok{detail}"))
     return 1 if failed else 0
+
+
+def _check_source(config: Config, sup: CheckSupervisor) -> int:
+    """The source's own check, when it has one (``Source.check``): 1 when it failed."""
+    kind = config.source.type
+    sup.doing = f"checking source {kind!r} (connection check)"
+    try:
+        result = config.source_type.cls(config.source, config.machines).check()
+    except SparkSinksError as exc:
+        click.echo(logs.redact(f"source {kind}: FAILED: {exc}"))
+        return 1
+    except Exception as exc:  # a plugin's bug: one line, as for a sink that fails to start
+        click.echo(
+            logs.redact(f"source {kind}: FAILED: the check raised {type(exc).__name__}: {exc}")
+        )
+        return 1
+    if result is not None:
+        click.echo(logs.redact(f"source {kind}: ok ({result})"))
+    return 0
 
 
 @cli.command()

@@ -7,12 +7,18 @@ by ``config`` at every load, so also by a reload) is replaced by ``***`` in ever
 form it can take in a line: as is, JSON-escaped, ``repr``-escaped, as the body of a
 bytes ``repr`` (botocore's ``Invalid header value b'...'``), stripped of surrounding
 whitespace, and those forms escaped once more (a ``repr`` inside a JSON log line); also
-URL-encoded (``%XX``, ``+`` for a space) and base64-encoded (standard and URL-safe
+URL-encoded once or twice (``%XX``, ``+`` for a space; ``%2520`` for a space in a URL
+inside a URL), hex (lower and upper case) and base64-encoded (standard and URL-safe
 alphabets, alone or inside a longer base64 text such as ``user:secret`` in an
 ``Authorization`` header: the characters that encode only the secret's bytes, at each of
 the three alignments; the one or two characters it shares with its neighbours remain).
-A secret shorter than 4 characters is not redacted (it would blank out words), and no
-form shorter than 4 characters is replaced.
+
+Specific enough to blank nothing else: a secret shorter than 4 characters is not
+redacted (it would blank out words), nor is any form shorter than 4 characters. The
+escaped and URL-encoded forms are the secret's characters written longer, as specific as
+the secret itself; a hex or base64 form is replaced only from 8 characters on (a piece of
+base64 that 4 to 6 bytes leave can be an ordinary word: the secret ``)zwb`` holds
+``pendi``), so the base64 of a secret shorter than 7 bytes may stay readable in part.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from datetime import UTC, datetime
 import orjson
 
 _MIN_LEN = 4
+_MIN_ENCODED = 8
+"""Hex and base64 forms shorter than this are not replaced (see the module's docstring)."""
 _lock = threading.Lock()
 """Guards ``_secrets`` and the rebuild of ``_forms``; readers take ``_forms`` as is."""
 _secrets: set[str] = set()
@@ -55,9 +63,22 @@ def _bytes_repr(v: str) -> str:
 _ESCAPES: tuple[Callable[[str], str], ...] = (_json, _json_ascii, _repr, _bytes_repr)
 
 
+_QUOTES: tuple[Callable[[str], str], ...] = (
+    lambda v: urllib.parse.quote(v, safe=""),  # a query value, user info
+    urllib.parse.quote_plus,  # a form body
+    urllib.parse.quote,  # a path
+)
+
+
 def _url_forms(v: str) -> set[str]:
-    """Percent-encoded as in a query string or a URL's user info and path."""
-    return {urllib.parse.quote(v, safe=""), urllib.parse.quote_plus(v), urllib.parse.quote(v)}
+    """Percent-encoded, once or twice (a URL inside a URL's query string)."""
+    once = {quote(v) for quote in _QUOTES}
+    return once | {quote(x) for x in once for quote in _QUOTES}
+
+
+def _hex_forms(v: str) -> set[str]:
+    text = v.encode("utf-8", "surrogatepass").hex()
+    return {text, text.upper()}
 
 
 def _base64_forms(v: str) -> set[str]:
@@ -76,12 +97,14 @@ def _base64_forms(v: str) -> set[str]:
 
 def forms(value: str) -> set[str]:
     """The texts a secret can appear as in a log line, a status file or an error."""
-    out: set[str] = set()
+    text: set[str] = set()
+    encoded: set[str] = set()
     for v in {value, value.strip()}:
         once = {v, *(escape(v) for escape in _ESCAPES)}
         twice = {escape(x) for x in once for escape in _ESCAPES}
-        out |= once | twice | _url_forms(v) | _base64_forms(v)
-    return {f for f in out if len(f) >= _MIN_LEN}
+        text |= once | twice | _url_forms(v)
+        encoded |= _hex_forms(v) | _base64_forms(v)
+    return {f for f in text if len(f) >= _MIN_LEN} | {f for f in encoded if len(f) >= _MIN_ENCODED}
 
 
 def add_secret(value: str | None) -> None:

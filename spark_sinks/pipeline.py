@@ -7,6 +7,7 @@ when the source says it is about to wait (``flush``).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,17 @@ class Rejects:
             self._fh = None
 
 
+def _exact(raw: bytes, obj: Any) -> Any:
+    """``raw`` decoded again by the standard library, which keeps integers of any size
+    (orjson turns one beyond 64 bits into the nearest float); ``obj`` if it cannot (too
+    deep for its recursion). Only for a rejected item: its dead-letter entry keeps what
+    was sent."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return obj
+
+
 class Pipeline:
     def __init__(self, assembler: Assembler, dispatcher: Dispatcher, rejects: Rejects) -> None:
         self.assembler = assembler
@@ -88,13 +100,14 @@ class Pipeline:
 
     # Feed protocol -----------------------------------------------------------------------
 
-    def item(self, obj: Any, where: str, line: int | None = None) -> None:
+    def item(self, obj: Any, where: str, line: int | None = None, raw: bytes | None = None) -> None:
         self.items += 1
         self.assembler.position = self.items
         try:
             out = self.assembler.feed(obj)
         except InputError as exc:
-            self.rejects.add(where if line is None else f"{where} line {line}", str(exc), item=obj)
+            name = where if line is None else f"{where} line {line}"
+            self.rejects.add(name, str(exc), item=obj if raw is None else _exact(raw, obj))
             return
         if out:
             self._add(out)

@@ -23,7 +23,9 @@ from .metrics import Reporter
 from .pipeline import Pipeline, Rejects
 from .plugins import Registry, load_registry
 from .sink import SinkContext, SinkStats, add_up, identity_holds, lost_anything
-from .spool import Spool, SpooledSink
+from .sources import Source
+from .spool import Spool
+from .spooled import SpooledSink
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,8 @@ class Report:
     incomplete_dropped: int = 0
     incomplete_emitted: int = 0
     """Records sent without every variable (``on_incomplete: emit``)."""
+    source: dict[str, int] = field(default_factory=dict)
+    """The source's own counters (``Source.counters``)."""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_started: dict[str, str] = field(default_factory=dict)
     """Sinks that could not start (or were stopped while starting), with the reason."""
@@ -169,6 +173,8 @@ class Runtime:
         """The sink whose open and check are running (pipeline thread writes, signal reads)."""
         self._busy = "the start-up"
         """What the pipeline thread is doing, for when a signal has to give up on it."""
+        self._source: Source | None = None
+        """Set once by the pipeline thread before the source runs; others read its counters."""
 
     def start(self) -> None:
         """Start every enabled sink. One that cannot start is reported and the others run
@@ -243,6 +249,7 @@ class Runtime:
     def run(self) -> Report:
         """Run until the source ends or ``stop`` is set, then shut down."""
         source = self.config.source_type.cls(self.config.source, self.config.machines)
+        self._source = source
         try:
             if not self.stop.is_set():  # stopped during start-up: nothing is accepted
                 self._busy = "the source to stop"
@@ -375,9 +382,20 @@ class Runtime:
                 "rejected": self.rejects.count,
                 "incomplete_dropped": self.assembler.incomplete_dropped,
                 "incomplete_emitted": self.assembler.incomplete_emitted,
+                "source": self._source_counters(),
             },
             "sinks": sinks,
         }
+
+    def _source_counters(self) -> dict[str, int]:
+        source = self._source
+        if source is None:
+            return {}
+        try:
+            return dict(source.counters())
+        except Exception as exc:  # a plugin's bug costs its counters, not the report
+            log.error("the source's counters failed: %s: %s", type(exc).__name__, exc)
+            return {}
 
     def report(self) -> Report:
         with self._lock:
@@ -390,6 +408,7 @@ class Runtime:
             rejected=self.rejects.count,
             incomplete_dropped=self.assembler.incomplete_dropped,
             incomplete_emitted=self.assembler.incomplete_emitted,
+            source=self._source_counters(),
             sinks=sinks,
             not_started={name: msg for name, (msg, _) in self._start_failures.items()},
         )

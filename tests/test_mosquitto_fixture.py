@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.mosquitto import PASSWORD, USER, Client, Mosquitto
+from tests.support.mosquitto import FORBIDDEN, PASSWORD, USER, Client, Mosquitto
 
 
 def test_anonymous_round_trip(mosquitto: Mosquitto) -> None:
@@ -79,3 +81,29 @@ def test_restart_keeps_a_persistent_session(mosquitto_own: Mosquitto) -> None:
     got = again.wait_for(5)
     assert sorted(m.payload for m in got) == [b"0", b"1", b"2", b"3", b"4"]
     again.close()
+
+
+def test_acl_listener_refuses_only_the_forbidden_subscriptions(mosquitto: Mosquitto) -> None:
+    """What the source's check test relies on: a refusal in the SUBACK itself."""
+    if mosquitto.acl_port is None:
+        pytest.skip("this Mosquitto has no dynamic security plugin (Debian's package has it)")
+    import paho.mqtt.client as mqtt
+
+    got: list[list[int]] = []
+    done = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_subscribe(client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        got.append([r.value for r in reasons])
+        done.set()
+
+    c.on_subscribe = on_subscribe
+    c.connect(mosquitto.host, mosquitto.acl_port)
+    c.loop_start()
+    try:
+        c.subscribe([("fixture/acl/#", 1), (FORBIDDEN, 1), ("forbidden/x", 0)])
+        assert done.wait(10), "no SUBACK"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert got == [[1, 0x87, 0x87]]

@@ -38,10 +38,12 @@ class SkippedLine:
 class Feed(Protocol):
     """What a source pushes into; implemented by ``pipeline.Pipeline``."""
 
-    def item(self, obj: Any, where: str, line: int | None = None) -> None:
+    def item(self, obj: Any, where: str, line: int | None = None, raw: bytes | None = None) -> None:
         """A decoded JSON object: a data point or a whole record. Bad items are
         reported by the feed, named by ``where`` and ``line`` (``stdin line 12``). The
-        line number is separate so that the name is only formatted for a bad item."""
+        line number is separate so that the name is only formatted for a bad item.
+        ``raw``, the JSON text ``obj`` was decoded from, lets the dead-letter file keep a
+        bad item exactly (orjson decodes an integer beyond 64 bits as a float)."""
 
     def point(self, machine: str, variable: str, value: Any, time: Any = None) -> None: ...
 
@@ -71,6 +73,19 @@ class Source:
     def run(self, feed: Feed, stop: threading.Event) -> None:
         """Produce until the input ends or ``stop`` is set."""
         raise NotImplementedError
+
+    def check(self) -> str | None:
+        """Optional, for ``spark-sinks check``: prove the input can be read (connect and
+        authenticate to a broker, say) without consuming it; raise ``SparkSinksError`` with
+        one line naming the problem. Returns a short description of what works, or None
+        (the default) when there is nothing to probe."""
+        return None
+
+    def counters(self) -> dict[str, int]:
+        """Optional: the source's own counters (name -> count, growing over the run), shown
+        in the run's summary and the status file (``input.source``). Called from other
+        threads while ``run`` runs: return a new dict each time."""
+        return {}
 
 
 @hookimpl

@@ -6,7 +6,7 @@ import hashlib
 import os
 import select
 import threading
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import Field, field_validator
@@ -22,6 +22,19 @@ MAX_LINE_BYTES = 2 << 20
 """Kinesis takes records of up to 1 MiB, and a record's values appear in its envelope as
 they were written in its line: a longer line could only fit with much whitespace. 2 MiB
 leaves that margin and still bounds what one line costs in memory."""
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _after_bom(line: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """The object of a line that starts with a UTF-8 byte order mark (a file written by a
+    Windows tool, or such files joined mid-stream): RFC 8259 lets a parser ignore it, as
+    the config loader does. Tried only once the line failed, so good lines pay nothing.
+    Re-raises ``exc`` for any other line."""
+    if not line.startswith(_BOM):
+        raise exc
+    return orjson.loads(line[len(_BOM) :])
 
 
 class NdjsonConfig(SourceConfig):
@@ -181,9 +194,12 @@ class _Lines:
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError as exc:
-                feed.reject(f"{label} line {lineno}", f"invalid JSON: {exc}", line)
-                continue
-            feed.item(obj, label, lineno)
+                try:
+                    obj = _after_bom(line, exc)
+                except orjson.JSONDecodeError as bad:
+                    feed.reject(f"{label} line {lineno}", f"invalid JSON: {bad}", line)
+                    continue
+            feed.item(obj, label, lineno, line)
         self.lineno = lineno
 
     def _too_long(self, line: SkippedLine) -> None:

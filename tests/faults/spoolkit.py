@@ -1,11 +1,13 @@
 """Shared by test_spool.py, test_accounting.py and test_secrets.py: configs for a
 `spark-sinks run` subprocess with the Kinesis sink (on moto, or behind a fault proxy),
-input lines, and reading the status file and the stream back."""
+input lines, reading the status file, a run's stderr as it comes and the stream back."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +108,25 @@ def identity(s: dict[str, Any]) -> bool:
         s[k] for k in ("accepted", "delivered", "dead_lettered", "dropped", "failed", "pending")
     ]
     return min(terms) >= 0 and terms[0] == sum(terms[1:])
+
+
+class StderrLines:
+    """Read a process's stderr in a thread, with the time each line arrived."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        assert proc.stderr is not None
+        stream = proc.stderr
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for raw in stream:
+            self.lines.append((time.monotonic(), raw.decode(errors="replace")))
+
+    def find(self, text: str) -> float | None:
+        return next((t for t, s in list(self.lines) if text in s), None)
+
+    @property
+    def text(self) -> str:
+        return "".join(s for _, s in list(self.lines))

@@ -34,6 +34,7 @@ from spark_sinks.sink import (
     identity_holds,
 )
 from tests.faults.spoolkit import (
+    StderrLines,
     identity,
     kinesis_sink,
     line,
@@ -265,17 +266,19 @@ def test_after_a_failed_check_the_lanes_follow_the_shards_once_they_are_listed(
         sink = kinesis_sink(stream, proxy.url, max_batch_records=20, rate_limit=False, linger_ms=5)
         sink["spool"] = {"path": str(tmp_path / "spool"), "sync": "normal"}
         proc = start(write_config(tmp_path, {"cloud": sink}, machines=_MACHINES))
-        assert proc.stdin is not None and proc.stderr is not None
-        wait_until(lambda: status(tmp_path), what="the run to start")
-        time.sleep(2)  # the watcher lists the shards right after the failed check
+        assert proc.stdin is not None
+        err = StderrLines(proc)
+        # the watcher lists the shards right after the failed check; not a fixed sleep,
+        # which a loaded machine can outlast
+        wait_until(lambda: err.find("2 open shards now"), what="the shards to be listed")
         proxy.set_faults(slow=1.0, slow_seconds=0.02)  # every PutRecords stays out a while
         since = time.monotonic()  # the metadata went out before: lanes picked by key
         proc.stdin.write(_twelve_machines(2_000))
         proc.stdin.close()
-        err = proc.stderr.read().decode()
-        assert proc.wait(60) == 0, err[-2000:]
+        assert proc.wait(60) == 0, err.text[-2000:]
+        err.thread.join(10)
         puts = [p for p in proxy.puts() if p.arrived > since]
-    assert "starting anyway" in err and "2 open shards now" in err, err[-2000:]
+    assert "starting anyway" in err.text, err.text[-2000:]
     assert len({s for p in puts for s in p.shards}) == 2, puts
     assert most_at_once(puts) == 1
     assert sorted(seqs(kinesis, stream)) == list(range(2_000))

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import CLI, MACHINES, run_cli, write_config
@@ -308,6 +308,94 @@ def test_values_in_messages_are_json_and_cut_to_a_readable_length(tmp_path):
     assert out.dead[2]["item"]["values"]["count"] == "v" * 20_000_000
 
 
+# -- 1d. odd but valid lines, and numbers beyond 64 bits -----------------------------------
+
+BOM = b"\xef\xbb\xbf"
+odd_text = st.text(
+    st.characters(codec="utf-8")  # every code point but the lone surrogates UTF-8 cannot hold
+    | st.sampled_from(["\u2028", "\u2029", "\x85", "\x00", "\ufeff", "\r", "\n", "\U0001f600"]),
+    max_size=30,
+)
+# number tokens as a writer may send them for a float variable: -0, exponents, integers
+# beyond 64 bits (a float variable takes any JSON number)
+float_tokens = st.one_of(
+    st.sampled_from(["-0", "-0.0", "0e0", "-0E-0", "1E+2", "2.5e-320", "1.7976931348623157e308"]),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(2**80), 2**80).map(str),
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    lines=st.lists(
+        st.tuples(odd_text, float_tokens, st.booleans(), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=30,
+    )
+)
+@example(lines=[("bom", "1.5", False, False, True)]).via("a BOM was a rejected line")
+def test_odd_but_valid_lines_are_delivered_exactly(tmp_path_factory, lines):
+    """Any text in a value (U+2028, NUL, BOM, CR, escaped or raw), CRLF line ends, a BOM at
+    the start of a line (a Windows tool's file, or files joined mid-stream), -0 and
+    exponents: every line is delivered with its value unchanged. Before: a line starting
+    with a BOM was rejected (RFC 8259 lets a parser ignore it; the config file may hold one)."""
+    tmp_path = tmp_path_factory.mktemp("odd")
+    cfg, dead = config(tmp_path)
+    data, want = b"", {}
+    for i, (text, number, ascii_only, crlf, bom) in enumerate(lines):
+        state = f"{i}:{text}"
+        value = json.dumps(state, ensure_ascii=ascii_only).encode("utf-8")
+        line = b'{"machine":"press-2","values":{"temperature":%s,"state":%s}}' % (
+            number.encode(),
+            value,
+        )
+        data += (BOM if bom else b"") + line + (b"\r\n" if crlf else b"\n")
+        want[state] = float(number)
+    out = run(cfg, data, dead)
+    assert out.code == 0 and out.dead == [], out.stderr[-2000:]
+    assert_clean(out.stderr, len(lines))
+    got = {
+        r["data"]["attributes"]["state"]["value"]: r["data"]["attributes"]["temperature"]["value"]
+        for r in out.records
+    }
+    assert got.keys() == want.keys()
+    for state, number in want.items():  # as floats: a 64-bit integer stays an int
+        assert float(got[state]) == number, (state, got[state], number)
+
+
+big_ints = st.integers(min_value=2**64) | st.integers(max_value=-(2**63) - 1)
+
+
+@pytest.mark.slow
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=st.lists(big_ints, min_size=1, max_size=10), point=st.booleans())
+@example(values=[2**64], point=False).via("orjson decodes it as 1.8446744073709552e+19")
+def test_integers_beyond_64_bits_reach_the_dead_letter_file_exactly(
+    tmp_path_factory, values, point
+):
+    """Before: orjson decodes an integer beyond 64 bits as the nearest float, and the
+    dead-letter file kept that float (18446744073709551616 became 1.8446744073709552e+19),
+    not what was sent."""
+    tmp_path = tmp_path_factory.mktemp("bigint")
+    cfg, dead = config(tmp_path)
+    lines = [
+        dumps({"machine": "press-1", "variable": "count", "value": v})
+        if point
+        else record(values={"temperature": 1.5, "count": v})
+        for v in values
+    ]
+    out = run(cfg, b"\n".join([*lines, good(0)]) + b"\n", dead)
+    assert out.code == 3, out.stderr[-2000:]
+    assert_clean(out.stderr, len(lines) + 1)
+    assert [r["data"]["attributes"]["state"]["value"] for r in out.records] == ["g0"]
+    # read back with the standard library: orjson would turn them into floats again
+    items = [json.loads(x)["item"] for x in dead.read_bytes().splitlines()]
+    kept = [x["value"] if point else x["values"]["count"] for x in items]
+    assert kept == values
+    assert all(type(k) is int for k in kept)
+
+
 # -- 2. end of input -----------------------------------------------------------------------
 
 
@@ -356,8 +444,12 @@ def test_at_end_of_input_every_open_cycle_is_counted_and_named_with_drop(tmp_pat
         assert re.search(rf"dropped an incomplete record of {m} .*: the input ended", out.stderr)
 
 
-def _running_with_an_open_cycle(cfg: Path) -> subprocess.Popen[bytes]:
-    """A `spark-sinks run` that has read one data point of press-1 (of two variables)."""
+def _running_with_an_open_cycle(tmp_path: Path, **overrides: Any) -> subprocess.Popen[bytes]:
+    """A `spark-sinks run` (config ``tmp_path/c.yaml``) that has read one data point of
+    press-1 (of two variables)."""
+    status = tmp_path / "status.json"
+    ops = {"status_file": str(status), "stats_interval": 0.05}
+    cfg = write_config(tmp_path / "c.yaml", operations=ops, **overrides)
     proc = subprocess.Popen(
         [*CLI, "run", "-c", str(cfg)],
         stdin=subprocess.PIPE,
@@ -369,12 +461,25 @@ def _running_with_an_open_cycle(cfg: Path) -> subprocess.Popen[bytes]:
     proc.stdin.flush()
     for _ in range(3):  # the metadata of the three publishing machines
         proc.stdout.readline()
-    time.sleep(1.0)  # the point is read at once: nothing else is pending
+    # A signal that came before the point was read would find no open cycle: wait until
+    # the status file counts it (not a fixed sleep, which a loaded machine can outlast).
+    deadline = time.monotonic() + 60
+    while _items_read(status) < 1:
+        assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the data point was never read"
+        time.sleep(0.02)
     return proc
 
 
+def _items_read(status: Path) -> int:
+    try:
+        return int(orjson.loads(status.read_bytes())["input"]["items"])
+    except (OSError, orjson.JSONDecodeError, KeyError):
+        return 0
+
+
 def test_sigterm_with_open_cycles_emits_them_too(tmp_path):
-    proc = _running_with_an_open_cycle(write_config(tmp_path / "c.yaml", on_incomplete="emit"))
+    proc = _running_with_an_open_cycle(tmp_path, on_incomplete="emit")
     proc.send_signal(signal.SIGTERM)
     rest, err = proc.communicate(timeout=30)
     records = [orjson.loads(x) for x in rest.splitlines()]
@@ -383,11 +488,11 @@ def test_sigterm_with_open_cycles_emits_them_too(tmp_path):
 
 def test_a_reload_that_changes_a_machine_ends_its_open_cycle_as_configured(tmp_path):
     """Before: the open cycle of a changed machine vanished without a word."""
-    cfg = write_config(tmp_path / "c.yaml", on_incomplete="drop")
-    proc = _running_with_an_open_cycle(cfg)
-    machines = yaml.safe_load(cfg.read_text())["machines"]
-    machines["press-1"]["variables"]["pressure"] = {"name": "pressure", "format": "float"}
-    write_config(cfg, machines=machines)
+    proc = _running_with_an_open_cycle(tmp_path, on_incomplete="drop")
+    cfg = tmp_path / "c.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["machines"]["press-1"]["variables"]["pressure"] = {"name": "pressure", "format": "float"}
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc.send_signal(signal.SIGHUP)
     assert orjson.loads(proc.stdout.readline())["data"]["info"]["name"] == "press-1"  # type: ignore[union-attr]
     proc.stdin.close()  # type: ignore[union-attr]

@@ -1,6 +1,7 @@
 """Secrets never leak: not in text or JSON logs, `check` output, the status file or error
-lines, in any form (raw, JSON-escaped, repr, bytes repr), also when a reload brings a new
-one. The endpoint here is hostile: it echoes the session token in its error message."""
+lines, in any form (raw, JSON-escaped, repr, bytes repr, URL-encoded once or twice, hex,
+base64), also when a reload brings a new one; and their forms never blank ordinary text.
+The endpoint here is hostile: it echoes the session token in its error message."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from spark_sinks import logs
@@ -179,6 +180,8 @@ def only_secret(secret: str) -> Iterator[None]:
 
 
 _SECRETS = st.text(min_size=4, max_size=40)
+_LONG_SECRETS = st.text(min_size=7, max_size=40)
+"""7 bytes or more: each of their base64 pieces is 8 characters or more (see logs.py)."""
 _NEIGHBOURS = st.binary(max_size=12)
 
 
@@ -200,7 +203,7 @@ def _decodable(text: str, raw: bytes) -> bool:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    secret=_SECRETS,
+    secret=_LONG_SECRETS,
     before=_NEIGHBOURS,
     after=_NEIGHBOURS,
     urlsafe=st.booleans(),
@@ -241,3 +244,83 @@ def test_a_url_encoded_secret_is_redacted(secret: str, how: str) -> None:
 def test_a_secret_shorter_than_4_characters_is_left_alone_in_every_form(secret: str) -> None:
     with only_secret(secret):
         assert logs._forms == ()
+
+
+def _hex(v: str) -> str:
+    return v.encode("utf-8", "surrogatepass").hex()
+
+
+def _quote_all(v: str) -> str:
+    return urllib.parse.quote(v, safe="")
+
+
+_ENCODINGS: dict[str, Callable[[str], str]] = {
+    "hex": _hex,
+    "HEX": lambda v: _hex(v).upper(),
+    "url-twice": lambda v: _quote_all(_quote_all(v)),
+    "url-path-twice": lambda v: urllib.parse.quote(urllib.parse.quote(v)),
+    "url-plus-twice": lambda v: urllib.parse.quote_plus(urllib.parse.quote_plus(v)),
+    "url-plus-then-all": lambda v: _quote_all(urllib.parse.quote_plus(v)),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@example(secret=f"{CORE1} é/+", how="url-twice", before="GET /x?t=", after="&a=1")
+@example(secret=CORE1, how="hex", before="payload 00ff", after="0a (bad)")
+@given(
+    secret=_SECRETS,
+    how=st.sampled_from(sorted(_ENCODINGS)),
+    before=st.text(max_size=12),
+    after=st.text(max_size=12),
+)
+def test_a_hex_or_twice_url_encoded_secret_is_redacted_in_a_log_line(
+    secret: str, how: str, before: str, after: str
+) -> None:
+    """Before: neither hex (a dumped header or payload) nor a URL encoded twice (a
+    redirect's query string, a URL inside a URL) was redacted."""
+    encoded = _ENCODINGS[how](secret)
+    with only_secret(secret):
+        redacted = logs.redact(f"{before}{encoded}{after}")
+    assert encoded not in redacted, redacted
+
+
+_ORDINARY = (
+    "[Errno 111] Connection refused; connection refused, retrying in 2.5 s",
+    "3 accepted, 3 delivered, 0 dead-lettered, 0 dropped, 0 failed, 0 pending",
+    "sinks.cloud.session_token: has surrounding whitespace (the value is not shown)",
+    '{"type": "record", "host": "gw-7", "data": {"count": 12345678, "temp": 71.25}}',
+    '{"accepted": 1700000000123, "delivered": 4294967296, "pending": 0, "ok": true}',
+    "PutRecords to localhost:4566 (https://kinesis.eu-west-1.amazonaws.com/) took 31 ms",
+)
+"""Log lines whose words, numbers and keys no secret's encoded form should blank."""
+
+_TYPED_SECRETS = st.text(
+    st.characters(min_codepoint=0x20, blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
+    min_size=4,
+    max_size=40,
+).filter(lambda s: s == s.strip())
+"""Secrets a config accepts: no control characters, no surrounding whitespace."""
+
+
+def _as_text(secret: str) -> set[str]:
+    """The secret as text: where an ordinary line holds one of these, it holds the
+    secret, and blanking it is right."""
+    escaped = {json.dumps(secret)[1:-1], repr(secret)[1:-1]}
+    quoted = {q(secret) for q in _QUOTES.values()}
+    return {secret, *escaped, *quoted}
+
+
+@settings(max_examples=300, deadline=None)
+@example(secret=")zwb")  # base64 at offset 2 holds "pendi": blanked "0 pending"
+@example(secret="*$zp")  # base64 at offset 1 holds "oken": blanked "session_token"
+@example(secret="\\jXh")  # base64 at offset 2 holds "calho": blanked "localhost"
+@example(secret="0000")
+@example(secret="1234567")
+@given(secret=_TYPED_SECRETS)
+def test_a_secret_s_encoded_forms_never_blank_ordinary_text(secret: str) -> None:
+    """A base64 piece of 4 characters (from a secret of 4 to 6 bytes) is as likely an
+    ordinary word as a secret: only forms of 8 characters or more are replaced."""
+    with only_secret(secret):
+        for text in _ORDINARY:
+            if not any(form in text for form in _as_text(secret)):
+                assert logs.redact(text) == text, secret

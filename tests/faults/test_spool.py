@@ -19,6 +19,7 @@ import pytest
 
 from tests.faults.spoolkit import (
     ENV,
+    StderrLines,
     kinesis_sink,
     line,
     lines,
@@ -65,28 +66,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def spooled(stream: str, endpoint: str, path: Path, **extra: Any) -> dict[str, Any]:
     return kinesis_sink(stream, endpoint, spool={"path": str(path), "sync": "normal"}, **extra)
-
-
-class StderrLines:
-    """Read a process's stderr in a thread, with the time each line arrived."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.lines: list[tuple[float, str]] = []
-        assert proc.stderr is not None
-        stream = proc.stderr
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream: Any) -> None:
-        for raw in stream:
-            self.lines.append((time.monotonic(), raw.decode(errors="replace")))
-
-    def find(self, text: str) -> float | None:
-        return next((t for t, s in list(self.lines) if text in s), None)
-
-    @property
-    def text(self) -> str:
-        return "".join(s for _, s in list(self.lines))
 
 
 @pytest.mark.slow

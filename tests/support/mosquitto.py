@@ -6,7 +6,10 @@ free ports of 127.0.0.1:
 - ``port``: anonymous, plain MQTT;
 - ``auth_port``: plain MQTT with a password file (``USER`` / ``PASSWORD``), no anonymous;
 - ``tls_port``: TLS with a test CA made here; a client certificate signed by that CA is
-  required and is the client's identity.
+  required and is the client's identity;
+- ``acl_port``: anonymous, plain MQTT, where Mosquitto's dynamic security plugin refuses
+  every subscription matching ``FORBIDDEN`` (SUBACK 0x87 with MQTT 5, 0x80 with 3.1.1);
+  None when the broker has no such plugin (Debian's package ships it).
 
 Persistence is on (in the same directory), so a ``restart()`` keeps persistent sessions
 and the QoS 1 messages queued for them, as a broker restart in a plant would.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import datetime
 import getpass
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -40,6 +44,9 @@ from tests.support.processes import terminate
 USER = "spark"
 PASSWORD = "s3cret-Test-pw"  # a test secret: tests assert it never appears in any output
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y mosquitto"
+FORBIDDEN = "forbidden/#"
+"""Subscriptions matching this filter are refused on ``acl_port``."""
+_DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
 
 
 def find_program(name: str = "mosquitto") -> str:
@@ -48,6 +55,15 @@ def find_program(name: str = "mosquitto") -> str:
     if found is None:
         raise RuntimeError(f"{name} is not installed; {INSTALL_HINT}")
     return found
+
+
+def find_dynsec_plugin() -> Path | None:
+    """Mosquitto's dynamic security plugin (Debian: /usr/lib/<arch>/), if installed."""
+    for pattern in ("/usr/lib/*/", "/usr/lib/", "/usr/local/lib/", "/usr/lib/*/mosquitto/"):
+        found = sorted(Path("/").glob(pattern.lstrip("/") + _DYNSEC_PLUGIN))
+        if found:
+            return found[0]
+    return None
 
 
 def free_port() -> int:
@@ -155,6 +171,8 @@ class Mosquitto:
         self.port = free_port()
         self.auth_port = free_port()
         self.tls_port = free_port()
+        self.dynsec = find_dynsec_plugin()
+        self.acl_port = free_port() if self.dynsec is not None else None
         self.log_file = self.dir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
@@ -197,9 +215,39 @@ class Mosquitto:
             "require_certificate true",
             "use_identity_as_username true",
             "allow_anonymous false",
+            *self._acl_listener(),
         ]
         self.config_file = self.dir / "mosquitto.conf"
         self.config_file.write_text("\n".join(lines) + "\n")
+
+    def _acl_listener(self) -> list[str]:
+        """The ``acl_port`` listener's config lines, with its dynamic security file."""
+        if self.acl_port is None:
+            return []
+        role = {
+            "rolename": "limited",
+            "acls": [
+                {"acltype": "subscribePattern", "topic": FORBIDDEN, "priority": 0, "allow": False}
+            ],
+        }
+        allow_all = ("publishClientSend", "publishClientReceive", "subscribe", "unsubscribe")
+        dynsec = {
+            "defaultACLAccess": dict.fromkeys(allow_all, True),
+            "clients": [],
+            "groups": [{"groupname": "anonymous", "roles": [{"rolename": "limited"}]}],
+            "roles": [role],
+            "anonymousGroup": "anonymous",
+        }
+        path = self.dir / "dynamic-security.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dynsec, fh)
+        return [
+            f"listener {self.acl_port} {self.host}",
+            "allow_anonymous true",
+            f"plugin {self.dynsec}",
+            f"plugin_opt_config_file {path}",
+        ]
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         if self.proc is not None and self.proc.poll() is None:
@@ -211,6 +259,8 @@ class Mosquitto:
         )
         deadline = time.monotonic() + timeout
         waiting = [self.port, self.auth_port, self.tls_port]
+        if self.acl_port is not None:
+            waiting.append(self.acl_port)
         while waiting:
             if self.proc.poll() is not None:
                 raise RuntimeError(

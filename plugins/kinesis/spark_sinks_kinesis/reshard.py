@@ -127,12 +127,13 @@ class ShardWatcher:
             current = self._buf.map
             if shards and (current is None or current.ids != {s.shard_id for s in shards}):
                 new = ShardMap(shards)
+                self.apply(new)
+                # said once applied: a reader of the log may rely on the new map
                 self._log.info(
                     "the stream's shards changed: %d open shards now (%d before)",
                     len(new),
                     0 if current is None else len(current),
                 )
-                self.apply(new)
 
     def _list(self) -> list[ShardRange] | None:
         """The open shards, or None (keeping the current map) if they cannot be listed."""

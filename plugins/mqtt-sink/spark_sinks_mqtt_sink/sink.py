@@ -378,39 +378,18 @@ class MqttSink(Sink):
 
     def _connect(self) -> None:
         """One connection attempt: CONNECT, CONNACK, births, then the queue."""
-        cfg = self.config
         self._gen += 1
         self._attempts += 1
-        client = self._new_client(self._gen)
-        conn = _Connection(self._gen, client)
-        try:
-            client.connect(cfg.host, cfg.effective_port, cfg.keepalive)
-        except (OSError, ValueError) as exc:
-            self._error(_describe(exc))
+        conn = self._dial(self._gen)
+        if conn is None:
             return
-        if self._edge is not None:
-            with self._lock:
-                self._edge.connect_sent()
-        conn.thread = threading.Thread(
-            target=self._network, args=(conn,), name=f"mqtt-{self.name}-net", daemon=True
-        )
-        conn.thread.start()
         refused = self._await_connack(conn)
         if refused is not None:
             conn.stop.set()
             self._error(refused)
             return
-        dead: list[tuple[Envelope, str]] = []
-        skipped: list[Envelope] = []
-        with self._lock:
-            self._conn = conn
-            if self._edge is not None:
-                client.subscribe(self._edge.topic(codec.NCMD), qos=1)
-                self._births(conn)
-            while self._queue and self._conn is conn:
-                self._publish(self._queue.popleft(), dead, skipped)
-            self._ready = self._conn is conn
-        self._settle(dead, skipped)
+        self._begin_session(conn)
+        cfg = self.config
         if self._attempts > 1 or self._last_error:
             self.log.info("connected to %s:%d after %d attempts", cfg.host,
                           cfg.effective_port, self._attempts)  # fmt: skip
@@ -418,6 +397,39 @@ class MqttSink(Sink):
         self._last_error = ""
         self._connected_once.set()
         self._first_outcome.set()
+
+    def _dial(self, gen: int) -> _Connection | None:
+        """Send CONNECT on a new client and start its network thread; None when the TCP
+        or TLS connection failed (the reason is recorded)."""
+        client = self._new_client(gen)
+        conn = _Connection(gen, client)
+        try:
+            client.connect(self.config.host, self.config.effective_port, self.config.keepalive)
+        except (OSError, ValueError) as exc:
+            self._error(_describe(exc))
+            return None
+        if self._edge is not None:
+            with self._lock:
+                self._edge.connect_sent()
+        conn.thread = threading.Thread(
+            target=self._network, args=(conn,), name=f"mqtt-{self.name}-net", daemon=True
+        )
+        conn.thread.start()
+        return conn
+
+    def _begin_session(self, conn: _Connection) -> None:
+        """The connection is accepted: Sparkplug births, then everything queued."""
+        dead: list[tuple[Envelope, str]] = []
+        skipped: list[Envelope] = []
+        with self._lock:
+            self._conn = conn
+            if self._edge is not None:
+                conn.client.subscribe(self._edge.topic(codec.NCMD), qos=1)
+                self._births(conn)
+            while self._queue and self._conn is conn:
+                self._publish(self._queue.popleft(), dead, skipped)
+            self._ready = self._conn is conn
+        self._settle(dead, skipped)
 
     def _await_connack(self, conn: _Connection) -> str | None:
         """None when accepted, else why not; other events wait their turn."""
@@ -453,7 +465,6 @@ class MqttSink(Sink):
             conn.client.publish(m.topic, m.payload, m.qos, m.retain)
 
     def _new_client(self, gen: int) -> mqtt.Client:
-        cfg = self.config
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
@@ -467,7 +478,18 @@ class MqttSink(Sink):
         # PUBACK (``_update_inflight``), most of the network thread's time at 1000 in flight.
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
-        client.connect_timeout = cfg.connect_timeout
+        client.connect_timeout = self.config.connect_timeout
+        self._identify(client)
+        if self._edge is not None:
+            with self._lock:
+                will = self._edge.will()
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=False)
+        self._route_callbacks(client, gen)
+        return client
+
+    def _identify(self, client: mqtt.Client) -> None:
+        """Username and password, and TLS (always verifying the broker's certificate)."""
+        cfg = self.config
         if cfg.username is not None:
             pw = cfg.password.get_secret_value() if cfg.password is not None else None
             client.username_pw_set(cfg.username, pw)
@@ -479,10 +501,9 @@ class MqttSink(Sink):
                 keyfile=str(t.key_file) if t.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        if self._edge is not None:
-            with self._lock:
-                will = self._edge.will()
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=False)
+
+    def _route_callbacks(self, client: mqtt.Client, gen: int) -> None:
+        """paho's callbacks only queue what happened, tagged with the connection's ``gen``."""
         events, acks = self._events, self._acks
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -498,7 +519,6 @@ class MqttSink(Sink):
         client.on_connect = on_connect
         client.on_publish = on_publish
         client.on_message = on_message
-        return client
 
     def _network(self, conn: _Connection) -> None:
         """The connection's network loop; ends when it is stopped or lost."""

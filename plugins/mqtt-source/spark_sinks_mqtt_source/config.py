@@ -87,8 +87,13 @@ class MqttSourceConfig(SourceConfig):
     """Sparkplug B: device id, or ``group/edge node/device``, -> machine name. A device
     not listed is the machine of the same name."""
     rebirth_requests: bool = True
-    """Sparkplug B: ask an edge node for a rebirth (``NCMD``) when its data names a metric
-    alias this source has not seen born."""
+    """Sparkplug B: follow each edge node's session (``seq``, births) and ask it for a
+    rebirth (``NCMD``) when this source is out of step with it; false: never publish."""
+    rebirth_interval: float = Field(30.0, ge=1, le=86400)
+    """Sparkplug B: seconds between two rebirth requests to one edge node, at least."""
+    reorder_timeout: float = Field(2.0, ge=0, le=3600)
+    """Sparkplug B: seconds a message skipped in an edge node's ``seq`` may arrive late
+    before a rebirth is requested (the specification's Reorder Timeout; 0: at once)."""
 
     @field_validator("topics")
     @classmethod

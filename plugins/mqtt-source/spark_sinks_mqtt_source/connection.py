@@ -48,6 +48,25 @@ class Incoming:
     payload: bytes
 
 
+def new_client(cfg: MqttSourceConfig, client_id: str) -> mqtt.Client:
+    """A paho client (MQTT 5, acknowledging only when told) with the configured username,
+    password and TLS; the broker's certificate is always verified."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    if cfg.username is not None:
+        secret = cfg.password.get_secret_value() if cfg.password is not None else None
+        client.username_pw_set(cfg.username, secret)
+    if cfg.tls is not None:
+        client.tls_set(
+            ca_certs=cfg.tls.ca_file,
+            certfile=cfg.tls.cert_file,
+            keyfile=cfg.tls.key_file,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    return client
+
+
 class Connection:
     """Owns the paho client. ``_lock`` guards the connection state, written by paho's
     network thread (``_on_connect``, ``_on_disconnect``) and read by the source thread."""
@@ -66,23 +85,7 @@ class Connection:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        cfg = self.cfg
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if cfg.username is not None:
-            secret = cfg.password.get_secret_value() if cfg.password is not None else None
-            client.username_pw_set(cfg.username, secret)
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        client = new_client(self.cfg, self.cfg.client_id)
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

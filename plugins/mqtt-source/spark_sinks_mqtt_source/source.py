@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +24,10 @@ from spark_sinks import Feed, Source
 
 from .config import MqttSourceConfig
 from .connection import Connection, Incoming, MqttSourceError, RateLimited
+from .probe import probe
+
+if TYPE_CHECKING:
+    from .sparkplug import SparkplugDecoder
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +128,19 @@ class MqttSource(Source):
         self.fed = 0
         """Items handed to the feed so far: the positions ``Feed.settled`` counts."""
         self._decode: Decoder = decode_json
+        self._sparkplug: SparkplugDecoder | None = None
+        self._acks: Acks | None = None
+
+    def check(self) -> str:
+        """Connect, authenticate and subscribe as ``<client_id>-check`` (see ``probe``)."""
+        return probe(self.config)
 
     def run(self, feed: Feed, stop: threading.Event) -> None:
         conn = Connection(self.config)
         self._decode = self._decoder(conn)
         if not conn.open(stop):
             return
-        acks = Acks(conn, self.config.max_pending)
+        acks = self._acks = Acks(conn, self.config.max_pending)
         try:
             while not stop.is_set():
                 if conn.fatal is not None:
@@ -138,18 +148,33 @@ class MqttSource(Source):
                 got = self._take(conn, acks, feed)
                 feed.flush()
                 acks.settle(feed.settled(), idle=not got)
+                if self._sparkplug is not None:
+                    self._sparkplug.tick()
         finally:
             feed.flush()
             acks.settle(feed.settled(), idle=False)
             conn.close()
 
+    def counters(self) -> dict[str, int]:
+        """Read by other threads: each count is an int only the source thread writes."""
+        out = {}
+        if self._sparkplug is not None:
+            out["rebirth_requests"] = self._sparkplug.rebirth_requests
+        if self._acks is not None:
+            out["acknowledged_early"] = self._acks.forced
+        return out
+
     def _decoder(self, conn: Connection) -> Decoder:
         if self.config.format == "json":
             return decode_json
+        from .sessions import Sessions  # protobuf is imported only when Sparkplug is used
         from .sparkplug import SparkplugDecoder
 
-        ask = conn.publish if self.config.rebirth_requests else None
-        return SparkplugDecoder(self.machines, self.config.devices, BadMessage, ask)
+        cfg = self.config
+        ask = conn.publish if cfg.rebirth_requests else None
+        sessions = Sessions(cfg.topics, cfg.reorder_timeout, cfg.rebirth_interval)
+        self._sparkplug = SparkplugDecoder(self.machines, cfg.devices, BadMessage, ask, sessions)
+        return self._sparkplug
 
     def _take(self, conn: Connection, acks: Acks, feed: Feed) -> int:
         """Feed the messages that are there (waiting a little for the first one)."""

@@ -8,16 +8,21 @@ are matched to the machine's variables by name; other metrics are ignored.
 - ``DDATA`` updates some or all of them (report by exception) and becomes one whole record
   of the device: every variable's latest known value, at the newest metric timestamp of
   the message (else the payload's);
-- ``DDEATH``, ``NBIRTH`` and ``NDEATH`` end what was known of the device or edge node
-  (aliases are valid for one birth only).
+- ``DDEATH``, ``NBIRTH``, and an ``NDEATH`` of the current session (its ``bdSeq`` is
+  the NBIRTH's; an older will arriving late is ignored) end what was known of the device
+  or edge node (aliases are valid for one birth only).
 
-A ``DDATA`` whose metric carries only an alias unknown here (its birth came before this
-source started) is rejected, and the edge node is asked for a rebirth (``NCMD`` with
-``Node Control/Rebirth``), at most every 30 seconds per node.
+Sessions are followed as a Sparkplug host application does (see ``sessions``): a gap in
+an edge node's ``seq`` not filled within ``reorder_timeout``, a message of a node whose
+NBIRTH was not seen here, data of a device without its DBIRTH, or a metric alias unknown
+here make the source ask the node for a rebirth (``NCMD`` with ``Node Control/Rebirth``),
+at most every ``rebirth_interval`` seconds per node. The data itself is still read (a
+``DDATA`` naming only an unknown alias is rejected).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +36,9 @@ from spark_sinks_sparkplug.codec import SparkplugError
 from spark_sinks.machines import Machine, Variable
 
 from .connection import Incoming
+from .sessions import Node, Sessions
 
-_REBIRTH_EVERY = 30.0
+log = logging.getLogger(__name__)
 _TEXT_FORMATS = ("char", "string")
 _STATE = f"{codec.NAMESPACE}/STATE/"
 
@@ -60,7 +66,8 @@ def rebirth_request(timestamp: int | None = None) -> bytes:
 
 
 class SparkplugDecoder:
-    """Turns Sparkplug B messages into record items (see the module docstring)."""
+    """Turns Sparkplug B messages into record items (see the module docstring); follows the
+    edge nodes' sessions (``Sessions``) and asks for rebirths. Source thread only."""
 
     def __init__(
         self,
@@ -68,42 +75,86 @@ class SparkplugDecoder:
         devices: dict[str, str],
         bad: Callable[[str], Exception],
         request_rebirth: Callable[[str, bytes], None] | None,
+        sessions: Sessions,
     ) -> None:
         self.machines = machines
         self.names = devices
         self.bad = bad
         self.request_rebirth = request_rebirth
+        self.sessions = sessions
         self._devices: dict[tuple[str, str, str], _Device] = {}
-        self._asked: dict[tuple[str, str], float] = {}
-        """When each edge node was last asked for a rebirth."""
+        self.rebirth_requests = 0
+        """Rebirth requests published (read by other threads for the counters)."""
 
     def __call__(self, msg: Incoming) -> list[Any]:
         if msg.topic.startswith(_STATE):
             return []  # a host application's online state
         try:
             t = codec.parse_topic(msg.topic)
-        except SparkplugError as exc:
-            raise self.bad(str(exc)) from None
-        kind = t.message_type
-        if kind in ("NBIRTH", "NDEATH"):
-            node = (t.group_id, t.edge_node_id)
-            for key in [k for k in self._devices if k[:2] == node]:
-                del self._devices[key]
-            return []
-        if kind not in ("DBIRTH", "DDATA", "DDEATH") or t.device_id is None:
-            return []  # NDATA, NCMD, DCMD, STATE: nothing about a machine's values
-        key = (t.group_id, t.edge_node_id, t.device_id)
-        if kind == "DDEATH":
-            self._devices.pop(key, None)
-            return []
-        try:
+            kind = t.message_type
+            if kind in ("NCMD", "DCMD"):
+                return []  # commands to edge nodes: nothing about a machine's values
             payload = codec.decode(msg.payload)
         except SparkplugError as exc:
             raise self.bad(str(exc)) from None
+        node = Node(t.group_id, t.edge_node_id)
+        if t.device_id is None:
+            self._node_message(node, kind, payload)
+            return []
+        key = (t.group_id, t.edge_node_id, t.device_id)
+        self._follow(node, kind, payload.seq)
+        if kind == "DDEATH":
+            self._devices.pop(key, None)
+            return []
         if kind == "DBIRTH":
             self._devices[key] = self._birth(key, payload)
             return []
+        if key not in self._devices:
+            self._machine(key)  # a device that is no machine here is rejected, not asked about
+            if self._checked(node):
+                self._rebirth(node, f"DDATA of device {t.device_id!r} without its DBIRTH")
         return self._data(key, payload)
+
+    def tick(self) -> None:
+        """Ask the nodes whose Reorder Timeout elapsed for a rebirth (called often)."""
+        if self.request_rebirth is not None:
+            for node, reason in self.sessions.due():
+                self._rebirth(node, reason)
+
+    def _node_message(self, node: Node, kind: str, payload: codec.Payload) -> None:
+        """NBIRTH and NDEATH start and end the node's session, and every device's of it."""
+        if kind == "NDATA":
+            self._follow(node, kind, payload.seq)
+            return
+        bd = payload.metric(codec.BD_SEQ)
+        bd_seq = bd.value if bd is not None and type(bd.value) is int else None
+        if kind == "NBIRTH":
+            self.sessions.birth(node, payload.seq, bd_seq)
+        elif not self.sessions.death(node, bd_seq):
+            return  # an earlier connection's will, arriving late: ignored
+        for key in [k for k in self._devices if k[:2] == node]:
+            del self._devices[key]
+
+    def _checked(self, node: Node) -> bool:
+        """Whether the node's session is followed: rebirth requests are on and every
+        message of the node comes here."""
+        return self.request_rebirth is not None and self.sessions.covered(node)
+
+    def _follow(self, node: Node, kind: str, seq: int | None) -> None:
+        if self._checked(node):
+            reason = self.sessions.message(node, seq, kind)
+            if reason is not None:
+                self._rebirth(node, reason)
+
+    def _rebirth(self, node: Node, reason: str) -> None:
+        """Ask the node for a rebirth, with one line saying why (rate-limited per node)."""
+        if self.request_rebirth is None or not self.sessions.may_ask(node):
+            return
+        log.warning(
+            "edge node %s: %s; asking it for a rebirth (NCMD %s)", node, reason, codec.REBIRTH
+        )
+        self.request_rebirth(codec.topic(node.group, "NCMD", node.edge_node), rebirth_request())
+        self.rebirth_requests += 1
 
     def _machine(self, key: tuple[str, str, str]) -> Machine:
         name = self.names.get("/".join(key)) or self.names.get(key[2]) or key[2]
@@ -142,10 +193,13 @@ class SparkplugDecoder:
                 else None
             )
             if name is None:
-                self._ask_rebirth(key)
+                self._rebirth(
+                    Node(*key[:2]), f"metric alias {m.alias} of device {key[2]!r} is unknown"
+                )
+                asked = " (a rebirth is requested)" if self.request_rebirth else ""
                 raise self.bad(
                     f"metric alias {m.alias} of device {key[2]!r} is unknown: no DBIRTH"
-                    " seen since this source started (a rebirth was requested)"
+                    f" seen since this source started{asked}"
                 )
             var = device.machine.variables.get(name)
             if var is None:
@@ -158,14 +212,6 @@ class SparkplugDecoder:
             return []
         time_ms = newest if newest is not None else payload.timestamp
         return [{"machine": device.machine.name, "time": time_ms, "values": dict(device.values)}]
-
-    def _ask_rebirth(self, key: tuple[str, str, str]) -> None:
-        node = key[:2]
-        now = time.monotonic()
-        if self.request_rebirth is None or now - self._asked.get(node, -1e9) < _REBIRTH_EVERY:
-            return
-        self._asked[node] = now
-        self.request_rebirth(codec.topic(node[0], "NCMD", node[1]), rebirth_request())
 
 
 def _value(var: Variable, value: Any) -> Any:

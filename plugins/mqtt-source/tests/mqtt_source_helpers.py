@@ -69,6 +69,7 @@ def write_config(
     topics: list[str],
     sinks: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
+    operations: dict[str, Any] | None = None,
     **src: Any,
 ) -> Path:
     """An ``mqtt`` source on ``broker`` (or ``source`` instead), the stdout sink by default."""
@@ -86,6 +87,8 @@ def write_config(
         "source": source,
         "sinks": sinks or {"out": {"type": "stdout", "format": "json"}},
     }
+    if operations is not None:
+        cfg["operations"] = operations
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 

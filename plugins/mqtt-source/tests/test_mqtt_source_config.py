@@ -10,6 +10,7 @@ import yaml
 from mqtt_source_helpers import MACHINES
 
 from tests.helpers import run_cli
+from tests.support.mosquitto import Mosquitto
 
 
 def check(tmp_path: Path, **source: Any) -> tuple[int, str]:
@@ -49,8 +50,14 @@ def test_bad_settings_are_one_line(tmp_path: Path, source: dict[str, Any], expec
     assert "Secret-Value-123" not in out
 
 
-def test_good_settings_pass_check(tmp_path: Path) -> None:
-    rc, out = check(tmp_path, username="u", password="${MQTT_PW}", topics=["a/+/b", "$share/g/c/#"])
+def test_good_settings_pass_check(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    rc, out = check(
+        tmp_path,
+        port=mosquitto.port,
+        username="u",
+        password="${MQTT_PW}",
+        topics=["a/+/b", "$share/g/c/#"],
+    )
     assert rc == 0, out
-    assert "source mqtt" in out
+    assert "source mqtt: ok (connected to" in out
     assert "Secret-Value-123" not in out

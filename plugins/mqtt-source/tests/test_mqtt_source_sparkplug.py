@@ -4,9 +4,11 @@ exception, device mapping, bad payloads, and a rebirth request when a birth was 
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from mqtt_source_helpers import (
     MACHINES,
@@ -38,11 +40,19 @@ def group() -> str:
     return unique("g")
 
 
-def start(tmp_path: Path, broker: Mosquitto, group: str, *more: str, **src: Any) -> Run:
+def start(
+    tmp_path: Path,
+    broker: Mosquitto,
+    group: str,
+    *more: str,
+    operations: dict[str, Any] | None = None,
+    **src: Any,
+) -> Run:
     cfg = write_config(
         tmp_path / "c.yaml",
         broker,
         [f"spBv1.0/{group}/#", *more],
+        operations=operations,
         format="sparkplug_b",
         dead_letter=str(tmp_path / "dead.jsonl"),
         **src,
@@ -54,7 +64,16 @@ def start(tmp_path: Path, broker: Mosquitto, group: str, *more: str, **src: Any)
 
 def test_births_and_data_become_records(tmp_path: Path, mosquitto: Mosquitto, group: str) -> None:
     # a host application's STATE (as spBv1.0/# would bring it) is skipped, not rejected
-    run = start(tmp_path, mosquitto, group, "spBv1.0/STATE/#", devices={"big-press": "m1"})
+    # (the XDATA below is rejected unread: its seq 7 never arrives, and that gap would bring
+    # a rebirth request only after this long)
+    run = start(
+        tmp_path,
+        mosquitto,
+        group,
+        "spBv1.0/STATE/#",
+        devices={"big-press": "m1"},
+        reorder_timeout=600,
+    )
     pub = Client(mosquitto).connect()
     top = f"spBv1.0/{group}"
     defs = codec.metric_defs(MACHINES["m0"]["variables"])
@@ -106,6 +125,10 @@ def test_births_and_data_become_records(tmp_path: Path, mosquitto: Mosquitto, gr
     assert "not a Sparkplug B payload" in run.err
     assert "'ghost' of edge node 'e1' is no configured machine" in run.err
     assert "lacks variables: seq" in run.err
+    # the DDATA after m0's DDEATH comes without a DBIRTH: a rebirth is asked; the ghost
+    # device, no machine here, is only rejected (asking would repeat every 30 s for ever)
+    [asked] = [ln for ln in run.err.splitlines() if "asking it for a rebirth" in ln]
+    assert f"edge node {group}/e1: DDATA of device 'm0' without its DBIRTH;" in asked
 
 
 def alias_birth(seq: int) -> bytes:
@@ -141,22 +164,88 @@ def test_aliases_and_a_rebirth_request(tmp_path: Path, mosquitto: Mosquitto, gro
     run = start(tmp_path, mosquitto, group)
     pub = Client(mosquitto).connect()
     top = f"spBv1.0/{group}"
-    pub.publish(f"{top}/DBIRTH/e1/m0", alias_birth(0))
-    pub.publish(f"{top}/DDATA/e1/m0", alias_data(1, {10: 42, 11: 3.25}, T0))
+    pub.publish(f"{top}/NBIRTH/e1", codec.nbirth(0, seq=0))
+    pub.publish(f"{top}/DBIRTH/e1/m0", alias_birth(1))
+    pub.publish(f"{top}/DDATA/e1/m0", alias_data(2, {10: 42, 11: 3.25}, T0))
     # edge node e2's birth came before this source started: its aliases are unknown
     pub.publish(f"{top}/DDATA/e2/m2", alias_data(5, {10: 1, 11: 1.0}, T0))
-    pub.close()
     run.wait(lambda: len(run.records()) >= 1, what="the record")
     [ncmd] = watcher.wait_for(1)
+    assert ncmd.topic == f"spBv1.0/{group}/NCMD/e2"
+    assert codec.is_rebirth_request(ncmd.payload)
+    # e2 answers as an edge node must: NBIRTH, its DBIRTHs, then data; aliases now known
+    pub.publish(f"{top}/NBIRTH/e2", codec.nbirth(7, seq=0))
+    pub.publish(f"{top}/DBIRTH/e2/m2", alias_birth(1))
+    pub.publish(f"{top}/DDATA/e2/m2", alias_data(2, {10: 2, 11: 2.5}, T0 + 1))
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 2, what="e2's record after its rebirth")
     watcher.close()
     assert run.stop(signal.SIGTERM) == 3, run.err
 
-    [rec] = run.records()
-    assert rec["machine"] == "m0" and rec["time"] == format_ms(T0)
-    assert {k: a["value"] for k, a in rec["attributes"].items()} == {
-        "seq": 42,
-        "temperature": 3.25,
-    }
-    assert ncmd.topic == f"spBv1.0/{group}/NCMD/e2"
-    assert codec.is_rebirth_request(ncmd.payload)
+    got = [
+        (r["machine"], r["time"], {k: a["value"] for k, a in r["attributes"].items()})
+        for r in run.records()
+    ]
+    assert got == [
+        ("m0", format_ms(T0), {"seq": 42, "temperature": 3.25}),
+        ("m2", format_ms(T0 + 1), {"seq": 2, "temperature": 2.5}),
+    ]
     assert "metric alias 10 of device 'm2' is unknown" in run.err
+    [asked] = [ln for ln in run.err.splitlines() if "asking it for a rebirth" in ln]
+    assert f"edge node {group}/e2: DDATA before the edge node's NBIRTH;" in asked
+    assert "source: 1 rebirth_requests" in run.err
+
+
+def ddata(seq: int, i: int) -> bytes:
+    """A DDATA of m0 whose ``seq`` variable is ``i`` (the record's identity)."""
+    return codec.ddata(codec.record_values(attrs(i, 20.0), T0 + i), seq % 256)
+
+
+def test_a_skipped_seq_gets_a_rebirth_request_and_the_rebirth_is_followed(
+    tmp_path: Path, mosquitto: Mosquitto, group: str
+) -> None:
+    watcher = Client(mosquitto).connect()
+    watcher.subscribe(f"spBv1.0/{group}/NCMD/#")
+    status = tmp_path / "status.json"
+    run = start(
+        tmp_path,
+        mosquitto,
+        group,
+        reorder_timeout=0.3,
+        rebirth_interval=1,
+        operations={"status_file": str(status)},
+    )
+    pub = Client(mosquitto).connect()
+    top = f"spBv1.0/{group}"
+    defs = codec.metric_defs(MACHINES["m0"]["variables"])
+    pub.publish(f"{top}/NBIRTH/e1", codec.nbirth(3, seq=0))
+    pub.publish(f"{top}/DBIRTH/e1/m0", codec.dbirth(defs, seq=1))
+    pub.publish(f"{top}/DDATA/e1/m0", ddata(2, 1))
+    pub.publish(f"{top}/DDATA/e1/m0", ddata(4, 2))  # seq 3 never comes
+    [ncmd] = watcher.wait_for(1, timeout=20)
+    asked = time.monotonic()
+    assert ncmd.topic == f"{top}/NCMD/e1" and codec.is_rebirth_request(ncmd.payload)
+    # the rebirth: NBIRTH with the same bdSeq (the same MQTT session), DBIRTH, data
+    pub.publish(f"{top}/NBIRTH/e1", codec.nbirth(3, seq=0))
+    pub.publish(f"{top}/DBIRTH/e1/m0", codec.dbirth(defs, seq=1))
+    pub.publish(f"{top}/DDATA/e1/m0", ddata(2, 3))
+    run.wait(lambda: len(run.records()) >= 3, what="three records")
+    # From now on a second request would be allowed (rebirth_interval): data in step, its
+    # seq wrapping past 255, must not bring one.
+    while time.monotonic() < asked + 1.5:
+        time.sleep(0.05)
+    pub.publish_many([(f"{top}/DDATA/e1/m0", ddata(3 + i, 4 + i)) for i in range(300)])
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 303, what="every record")
+    assert run.stop(signal.SIGTERM) == 0, run.err
+    watcher.close()
+
+    assert run.seqs() == list(range(1, 304))  # the data around the gap is read too
+    [line] = [ln for ln in run.err.splitlines() if "asking it for a rebirth" in ln]
+    assert (
+        f"edge node {group}/e1: 1 message(s) missing (seq 3 first) after reorder_timeout"
+        " (0.3s); asking it for a rebirth (NCMD Node Control/Rebirth)"
+    ) in line
+    assert "source: 1 rebirth_requests" in run.err
+    final = orjson.loads(status.read_bytes())
+    assert final["final"] and final["input"]["source"]["rebirth_requests"] == 1
