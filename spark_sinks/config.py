@@ -303,6 +303,8 @@ def _to_walk(
 
 def _shape(node: yaml.Node, shapes: dict[int, _Shape]) -> _Shape:
     """The shape of a collection whose collections all have theirs in ``shapes``."""
+    if isinstance(node, yaml.MappingNode):
+        _refuse_duplicate_keys(node)
     nodes, height = 1, 1
     for c in _children(node):
         if type(c) is yaml.ScalarNode:
@@ -315,6 +317,20 @@ def _shape(node: yaml.Node, shapes: dict[int, _Shape]) -> _Shape:
     if nodes > MAX_NODES:
         raise _shape_error(node, f"more than {MAX_NODES:,} values and keys (aliases expanded)")
     return _Shape(nodes, height)
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    """YAML requires the keys of a mapping to differ; PyYAML keeps the last of equal ones
+    without a word, so a second ``sinks:`` block would silently replace the first. Merge
+    keys (``<<``) are YAML's way to override on purpose and are left to the loader."""
+    first: dict[tuple[str, str], yaml.Node] = {}
+    for key, _ in node.value:
+        if type(key) is not yaml.ScalarNode or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        seen = first.setdefault((key.tag, key.value), key)
+        if seen is not key:
+            line = seen.start_mark.line + 1
+            raise _shape_error(key, f"duplicate key {show(key.value)} (first at line {line})")
 
 
 def _shape_error(node: yaml.Node, problem: str) -> ConfigError:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import files, logs
 from .errors import ConfigError
-from .sink import describe
+from .sink import MAX_SECONDS, describe
 
 log = logging.getLogger("spark_sinks.stats")
 
@@ -33,7 +33,7 @@ Snapshot = Callable[[], dict[str, Any]]
 class OperationsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stats_interval: float = Field(60.0, ge=0)
+    stats_interval: float = Field(60.0, ge=0, le=MAX_SECONDS)
     """Seconds between summary log lines (and status file updates); 0 turns them off."""
     status_file: Path | None = None
     """JSON file rewritten every interval; ``spark-sinks status`` reads it."""

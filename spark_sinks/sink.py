@@ -39,6 +39,12 @@ DEAD_LETTER_BACKLOG_BYTES = 8 * MiB
 JSON bytes). A dead letter beyond them is counted failed: see ``SinkContext.dead_letter``."""
 
 
+MAX_SECONDS = 86_400.0
+"""The longest duration a setting takes (a day): far below what a thread can wait for
+(``threading.TIMEOUT_MAX``, about 292 years; beyond it a wait raises ``OverflowError``),
+and longer than any sensible timeout or interval. A plugin's own durations can use it."""
+
+
 class BufferConfig(BaseModel):
     """A sink's ``buffer:`` block: what holds envelopes between the source and the sink.
 
@@ -114,7 +120,7 @@ class SinkConfig(BaseModel):
     enabled: bool = True
     dead_letter: Path | None = None
     """JSON-lines file for envelopes this sink can never deliver (with the reason)."""
-    flush_timeout: float = Field(30.0, gt=0)
+    flush_timeout: float = Field(30.0, gt=0, le=MAX_SECONDS)
     """Seconds a flush (e.g. at shutdown) may take, draining the buffer included, before
     what is left is reported."""
     buffer: BufferConfig = BufferConfig()

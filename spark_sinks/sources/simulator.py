@@ -9,12 +9,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..machines import Machine, Variable
+from ..sink import MAX_SECONDS
 from . import Feed, Source, SourceConfig
 
 
 class SimulatorConfig(SourceConfig):
     type: Literal["simulator"] = "simulator"
-    interval: float = Field(1.0, ge=0)
+    interval: float = Field(1.0, ge=0, le=MAX_SECONDS)
     """Seconds between two sample cycles of every machine."""
     count: int | None = Field(None, ge=0)
     """Sample cycles to produce; unset means run until stopped."""

@@ -50,6 +50,8 @@ def _many_errors(n: int) -> str:
     return yaml.safe_dump({"machines": machines})
 
 
+_COUNT = "      count:\n        name: count\n        format: int32\n"
+
 BAD: dict[str, tuple[bytes, str]] = {
     # name: (file content, what the one line says)
     "not-utf8": (GOOD.replace("Oil temperature", "Öl °C").encode("latin-1"), "not UTF-8"),
@@ -76,6 +78,15 @@ BAD: dict[str, tuple[bytes, str]] = {
     "bad-timestamp": (GOOD.replace("host: gw", "host: !!timestamp 2001-13-45").encode(), "YAML"),
     "python-tag": (b"host: !!python/object/apply:os.system [echo hi]\n", "invalid YAML"),
     "top-level-list": (b"- a\n- b\n", "expected a mapping"),
+    # before: the last one won, silently (a second `sinks:` block dropped the first's sinks)
+    "duplicate-sinks": (
+        (GOOD + "sinks:\n  spare:\n    type: stdout\n").encode(),
+        'duplicate key "sinks" (first at line 47)',
+    ),
+    "duplicate-variable": (
+        GOOD.replace(_COUNT, _COUNT + _COUNT.replace("int32", "float")).encode(),
+        'line 15, column 7: duplicate key "count" (first at line 12)',
+    ),
 }
 
 
@@ -185,6 +196,44 @@ def test_any_value_anywhere_is_accepted_or_one_config_error(tmp_path_factory, pl
 
 
 REGISTRY = load_registry()
+
+# -- a duration longer than a thread can wait ------------------------------------------------
+
+DURATIONS = {
+    "flush_timeout": ("sinks", "out", "flush_timeout"),
+    "stats_interval": ("operations", "stats_interval"),
+    "simulator interval": ("source", "interval"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [1e10, float("inf")])
+@pytest.mark.parametrize("key", list(DURATIONS))
+def test_a_duration_too_long_to_wait_for_is_one_line_and_exit_2_for_check_and_run(
+    tmp_path, key, value
+):
+    """Before: `check` said ok, and `run` ended in an internal error (exit 70: OverflowError
+    from a thread's wait, beyond threading.TIMEOUT_MAX, about 292 years) after data was
+    accepted; with .inf before the record was even delivered."""
+    cfg: dict[str, Any] = copy.deepcopy(config({"out": {"type": "stdout"}}))
+    if key == "simulator interval":
+        cfg["source"] = {"type": "simulator", "count": 1}
+    *parents, last = DURATIONS[key]
+    node = cfg
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for command in ("check", "run"):
+        proc = subprocess.run(
+            [*CLI, command, "-c", str(path)],
+            input=b'{"machine": "press-1", "values": {"temperature": 1.5, "count": 3}}\n',
+            capture_output=True,
+            timeout=60,
+        )
+        stderr = proc.stderr.decode()
+        assert_one_line(proc.returncode, stderr, path, ".".join(DURATIONS[key]) + ": ")
 
 
 def test_sighup_with_each_bad_file_keeps_the_daemon_running_and_delivering(tmp_path):
