@@ -24,7 +24,8 @@ from .pipeline import Pipeline, Rejects
 from .plugins import Registry, load_registry
 from .sink import SinkContext, SinkStats, add_up, identity_holds, lost_anything
 from .sources import Source
-from .spool import Spool, SpooledSink
+from .spool import Spool
+from .spooled import SpooledSink
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from spark_sinks.config import load_config
@@ -182,3 +184,57 @@ def test_any_value_a_plugin_validator_echoes_is_written_as_json(tmp_path_factory
     assert f"sinks.out.region: {show(value, 1000)} is not an AWS region" in msg, msg
     if repr(value) != show(value, 1000):
         assert repr(value) not in msg, msg
+
+
+_REGIONS = {"us-east-1": "US East (N. Virginia)", "eu-west-1": "EU (Ireland)"}
+_ARN = "arn:aws:kinesis:{}:123456789012:stream/s"
+_PY_LITERAL = re.compile(r"'[^']*'")
+
+
+def _spelt(draw: st.DrawFn, region: str) -> str:
+    """``region`` as a config may spell it: its code or UI name, any case, padded."""
+    name = draw(st.sampled_from([region, _REGIONS[region]]))
+    name = "".join(c.upper() if draw(st.booleans()) else c for c in name)
+    return draw(st.sampled_from(["", " ", "\t"])) + name + draw(st.sampled_from(["", "  "]))
+
+
+@st.composite
+def _computed_values(draw: st.DrawFn) -> tuple[dict[str, str], list[str]]:
+    """A Kinesis block whose error names values its validators computed (a region code
+    normalized from a UI name, the region read from an ARN, a stripped URL), not written
+    as such in the input; and those values."""
+    if draw(st.booleans()):
+        region, other = draw(st.permutations(sorted(_REGIONS)))
+        block = {"region": _spelt(draw, region), "stream_arn": _ARN.format(other)}
+        return block, [region, other]
+    url = draw(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20))
+    assume(url.strip() and url.strip() != url)
+    return {"endpoint_url": url}, [url.strip()]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@example(
+    case=(
+        {"region": " EU (Ireland)", "stream_arn": _ARN.format("us-east-1")},
+        ["eu-west-1", "us-east-1"],
+    )
+)
+@example(case=({"endpoint_url": " ftp://x "}, ["ftp://x"]))
+@given(case=_computed_values())
+def test_a_value_a_validator_computed_is_written_as_json(tmp_path_factory, registry, case):
+    """Before: ``region 'eu-west-1' differs from the region of stream_arn ('us-east-1')``:
+    only values found in the input were rewritten as JSON."""
+    block, values = case
+    sink = {"type": "kinesis", "stream_name": "s", "region": "us-east-1", **block}
+    if "stream_arn" in block:
+        del sink["stream_name"]
+    path = write_config(tmp_path_factory.mktemp("computed") / "c.yaml", sinks={"out": sink})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, registry)
+    msg = str(caught.value)
+    for value in values:
+        assert show(value, 1000) in msg, msg
+    rest = msg.split(": ", 2)[-1]
+    for value in values:
+        rest = rest.replace(show(value, 1000), "")
+    assert not _PY_LITERAL.search(rest), msg

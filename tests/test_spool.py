@@ -7,7 +7,8 @@ import time
 
 from spark_sinks.envelope import Envelope
 from spark_sinks.sink import Sink, SinkConfig, SinkContext, SpoolConfig
-from spark_sinks.spool import Spool, SpooledSink
+from spark_sinks.spool import Spool
+from spark_sinks.spooled import SpooledSink
 
 
 def envs(n: int, start: int = 0, machine: str = "m") -> list[Envelope]:

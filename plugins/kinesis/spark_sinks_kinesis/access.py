@@ -29,7 +29,8 @@ import botocore.session
 
 from spark_sinks import SinkError, logs
 
-from .config import KinesisConfig, shared_session
+from .addresses import shared_session
+from .config import KinesisConfig
 
 DEFAULT_SESSION_NAME = "spark-sinks"
 
@@ -163,28 +164,47 @@ def _role_session(cfg: KinesisConfig, source: Any, keys: dict[str, str | None]) 
     """A botocore session of its own whose only credentials are the role's, renewed by
     botocore. ``source`` (with ``keys``, when given) signs the AssumeRole calls."""
     assert cfg.role_arn is not None
+    windows = refresh_windows(cfg.duration_seconds)
+    fetcher = _role_fetcher(cfg, source, _source_credentials(cfg, source, keys), windows)
+    credentials = RoleCredentials(functools.partial(_assume, fetcher, cfg.role_arn), windows)
+    session = botocore.session.Session()
+    session.register_component(
+        "credential_provider",
+        botocore.credentials.CredentialResolver([_Given(credentials)]),
+    )
+    return session
+
+
+def _source_credentials(cfg: KinesisConfig, source: Any, keys: dict[str, str | None]) -> Any:
+    """The credentials that sign AssumeRole: the configured keys, else ``source``'s chain."""
     if cfg.access_key_id is not None and cfg.secret_access_key is not None:
-        source_credentials = botocore.credentials.Credentials(
+        return botocore.credentials.Credentials(
             cfg.access_key_id,
             cfg.secret_access_key.get_secret_value(),
             keys["aws_session_token"],
         )
-    else:
-        source_credentials = source.get_credentials()
-        if source_credentials is None:
-            raise SinkError(
-                f"no AWS credentials to assume role {cfg.role_arn} with: set access_key_id "
-                "and secret_access_key, or profile, or provide them through the environment, "
-                "the shared credentials file or an instance role"
-            )
+    found = source.get_credentials()
+    if found is None:
+        raise SinkError(
+            f"no AWS credentials to assume role {cfg.role_arn} with: set access_key_id "
+            "and secret_access_key, or profile, or provide them through the environment, "
+            "the shared credentials file or an instance role"
+        )
+    return found
+
+
+def _role_fetcher(
+    cfg: KinesisConfig, source: Any, source_credentials: Any, windows: RefreshWindows
+) -> botocore.credentials.AssumeRoleCredentialFetcher:
+    """botocore's AssumeRole caller, with an STS client made like the Kinesis client."""
+    assert cfg.role_arn is not None
     extra: dict[str, Any] = {
         "RoleSessionName": cfg.role_session_name or DEFAULT_SESSION_NAME,
         "DurationSeconds": cfg.duration_seconds,
     }
     if cfg.external_id is not None:
         extra["ExternalId"] = cfg.external_id
-    windows = refresh_windows(cfg.duration_seconds)
-    fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
+    return botocore.credentials.AssumeRoleCredentialFetcher(
         client_creator=functools.partial(
             source.create_client,
             region_name=cfg.region,
@@ -198,13 +218,6 @@ def _role_session(cfg: KinesisConfig, source: Any, keys: dict[str, str | None]) 
         # its cache must not hand back credentials the refresher already wants renewed
         expiry_window_seconds=int(windows.advisory),
     )
-    credentials = RoleCredentials(functools.partial(_assume, fetcher, cfg.role_arn), windows)
-    session = botocore.session.Session()
-    session.register_component(
-        "credential_provider",
-        botocore.credentials.CredentialResolver([_Given(credentials)]),
-    )
-    return session
 
 
 def _assume(fetcher: Any, role_arn: str) -> dict[str, Any]:

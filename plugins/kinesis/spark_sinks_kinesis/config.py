@@ -7,10 +7,7 @@ and one line naming the key (``sinks.<name>.region: ...``).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import re
-import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,132 +23,37 @@ from pydantic import (
 )
 
 from spark_sinks import SinkConfig
+from spark_sinks.show import show
+
+from .addresses import (
+    EXTERNAL_ID,
+    ROLE_ARN,
+    SESSION_NAME,
+    STREAM_NAME,
+    StreamArn,
+    check_url,
+    normalize_region,
+    proxy_parts,
+)
 
 MiB = 1024 * 1024
 
 PUT_RECORDS_MAX_RECORDS = 500
 """Kinesis accepts at most 500 entries in one PutRecords request."""
 REQUEST_MAX_BYTES = 10 * MiB
+"""Largest request we allow to be configured (streams whose record size was raised)."""
 AGGREGATED_BATCH_BYTES = MiB
 """The default ``max_batch_bytes`` with ``aggregation: kpl``. Without aggregation a request
 of 500 small records stays far below 5 MiB; with it, requests fill up to the limit, and
 each one in flight is held about four times over (records, aggregates, base64, body).
 With 1 MiB, a 1,000,000-record run peaked at 105 MB instead of 149 MB (``make bench``'s
 RSS run), at the same speed on 20,000 records."""
-"""Largest request we allow to be configured (streams whose record size was raised)."""
 RECORD_MAX_BYTES = 10 * MiB
 """Largest record a stream can be configured for (``UpdateMaxRecordSize``)."""
 
-UI_REGION_NAMES: dict[str, str] = {
-    "us east (n. virginia)": "us-east-1",
-    "us east (ohio)": "us-east-2",
-    "us west (n. california)": "us-west-1",
-    "us west (oregon)": "us-west-2",
-    "asia pacific (tokyo)": "ap-northeast-1",
-    "asia pacific (seoul)": "ap-northeast-2",
-    "asia pacific (osaka-local)": "ap-northeast-3",
-    "asia pacific (mumbai)": "ap-south-1",
-    "asia pacific (singapore)": "ap-southeast-1",
-    "asia pacific (sydney)": "ap-southeast-2",
-    "canada (central)": "ca-central-1",
-    "china (beijing)": "cn-north-1",
-    "china (ningxia)": "cn-northwest-1",
-    "eu (frankfurt)": "eu-central-1",
-    "eu (ireland)": "eu-west-1",
-    "eu (london)": "eu-west-2",
-    "eu (paris)": "eu-west-3",
-    "south america (são paulo)": "sa-east-1",
-}
-"""The region names the original module's UI offered, mapped to region codes."""
-
-_STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
-_STREAM_ARN = re.compile(
-    r"arn:(?P<partition>aws[a-z-]*):kinesis:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
-    r"stream/(?P<name>[^/\s]+)"
-)
-_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
-_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
-_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
-_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 ROLE_DURATION_MIN = 900
 ROLE_DURATION_MAX = 43_200
 """AssumeRole's bounds for DurationSeconds (the role's own maximum may be lower)."""
-
-
-class StreamArn:
-    """The parts of a Kinesis stream ARN, or ValueError naming what is wrong."""
-
-    def __init__(self, text: str) -> None:
-        m = _STREAM_ARN.fullmatch(text.strip())
-        if m is None:
-            raise ValueError(
-                f"{text!r} is not a Kinesis stream ARN "
-                "(arn:aws:kinesis:<region>:<12-digit account>:stream/<name>)"
-            )
-        self.region = m["region"]
-        self.name = m["name"]
-        if not _STREAM_NAME.fullmatch(self.name):
-            raise ValueError(f"the stream name in {text!r} is not a valid Kinesis stream name")
-        if self.region not in kinesis_regions():
-            raise ValueError(f"the region in {text!r} is not one where Kinesis is available")
-
-
-def _check_url(v: str | None) -> str | None:
-    if v is None:
-        return None
-    v = v.strip()
-    if not _URL.fullmatch(v):
-        raise ValueError(f"{v!r} is not an http:// or https:// URL")
-    return v
-
-
-def proxy_parts(url: str) -> urllib.parse.SplitResult:
-    """The parsed proxy URL, or ValueError that never repeats the URL (it may hold a
-    password)."""
-    parts = urllib.parse.urlsplit(url.strip())
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ValueError(
-            "is not an http:// or https:// proxy URL (http://[user:password@]host:port)"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("a proxy URL has no path: http://[user:password@]host:port")
-    return parts
-
-
-@functools.cache
-def shared_session() -> Any:
-    """One botocore session for region checks and for the clients of sinks without a
-    ``profile``: the endpoint data is then read once per process. Nothing per sink is set
-    on it: credentials are given to each client. botocore rather than boto3, whose
-    import also loads s3transfer (about 40 ms of every start) for nothing here."""
-    import botocore.session
-
-    return botocore.session.get_session()
-
-
-@functools.cache
-def kinesis_regions() -> frozenset[str]:
-    """Every region botocore knows Kinesis in, across all partitions (aws, cn, gov, ...)."""
-    session = shared_session()
-    regions: set[str] = set()
-    for partition in session.get_available_partitions():
-        regions.update(session.get_available_regions("kinesis", partition_name=partition))
-    return frozenset(regions)
-
-
-def normalize_region(value: str) -> str:
-    """A region code for ``value`` (a code or one of the original's UI names), or ValueError."""
-    text = " ".join(value.split()).lower()
-    if not text:
-        raise ValueError("must not be empty (e.g. us-east-1)")
-    region = UI_REGION_NAMES.get(text, text)
-    if region not in kinesis_regions():
-        raise ValueError(f"{value!r} is not an AWS region where Kinesis is available")
-    return region
 
 
 class ShardLimitsConfig(BaseModel):
@@ -341,10 +243,10 @@ class KinesisConfig(SinkConfig):
     def _stream_name(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        if not _STREAM_NAME.fullmatch(v):
+        if not STREAM_NAME.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a valid Kinesis stream name "
-                "(1-128 characters: letters, digits, '_', '.', '-')"
+                f"{show(v)} is not a valid Kinesis stream name "
+                "(1-128 characters: letters, digits and any of _.-)"
             )
         return v
 
@@ -368,21 +270,21 @@ class KinesisConfig(SinkConfig):
     @field_validator("endpoint_url", "sts_endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        return _check_url(v)
+        return check_url(v)
 
     @field_validator("role_arn")
     @classmethod
     def _role_arn(cls, v: str | None) -> str | None:
-        if v is not None and not _ROLE_ARN.fullmatch(v.strip()):
+        if v is not None and not ROLE_ARN.fullmatch(v.strip()):
             raise ValueError(
-                f"{v!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+                f"{show(v)} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
             )
         return None if v is None else v.strip()
 
     @field_validator("external_id")
     @classmethod
     def _external_id(cls, v: str | None) -> str | None:
-        if v is not None and not _EXTERNAL_ID.fullmatch(v):
+        if v is not None and not EXTERNAL_ID.fullmatch(v):
             raise ValueError(
                 "must be 2-1224 characters: letters, digits and any of _+=,.@:/-"
             )  # not echoed: an external id is often treated like a shared secret
@@ -391,9 +293,9 @@ class KinesisConfig(SinkConfig):
     @field_validator("role_session_name")
     @classmethod
     def _session_name(cls, v: str | None) -> str | None:
-        if v is not None and not _SESSION_NAME.fullmatch(v):
+        if v is not None and not SESSION_NAME.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a role session name "
+                f"{show(v)} is not a role session name "
                 "(2-64 characters: letters, digits and any of _+=,.@-)"
             )
         return v
@@ -415,11 +317,11 @@ class KinesisConfig(SinkConfig):
         try:
             text = path.read_bytes()
         except FileNotFoundError:
-            raise ValueError(f"file {v!r} not found") from None
+            raise ValueError(f"file {show(v)} not found") from None
         except OSError as exc:
-            raise ValueError(f"cannot read {v!r}: {exc.strerror}") from None
+            raise ValueError(f"cannot read {show(v)}: {exc.strerror}") from None
         if b"-----BEGIN CERTIFICATE-----" not in text:
-            raise ValueError(f"{v!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+            raise ValueError(f"{show(v)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
         return str(path)
 
     @field_validator("compression")
@@ -440,6 +342,13 @@ class KinesisConfig(SinkConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> KinesisConfig:
+        self._check_credentials()
+        self._check_sizes()
+        self._check_stream_region()
+        self._check_role_settings()
+        return self
+
+    def _check_credentials(self) -> None:
         has_id = self.access_key_id is not None
         has_secret = self.secret_access_key is not None and bool(
             self.secret_access_key.get_secret_value()
@@ -453,35 +362,38 @@ class KinesisConfig(SinkConfig):
             raise ValueError("session_token needs access_key_id and secret_access_key")
         if self.profile is not None and has_id:
             raise ValueError("give either profile or access_key_id/secret_access_key, not both")
-        if self.max_buffered_bytes < self.max_batch_bytes:
-            raise ValueError(
-                f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
-                f"max_batch_bytes ({self.max_batch_bytes})"
-            )
-        if self.max_buffered_bytes < self.max_record_bytes:
-            raise ValueError(
-                f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
-                f"max_record_bytes ({self.max_record_bytes})"
-            )
+
+    def _check_sizes(self) -> None:
+        for name in ("max_batch_bytes", "max_record_bytes"):
+            if self.max_buffered_bytes < getattr(self, name):
+                raise ValueError(
+                    f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
+                    f"{name} ({getattr(self, name)})"
+                )
         if self.retry_max_ms < self.retry_base_ms:
             raise ValueError("retry_max_ms must be at least retry_base_ms")
-        if self.stream_arn is not None:
-            arn_region = StreamArn(self.stream_arn).region
-            if arn_region != self.region:
-                raise ValueError(
-                    f"region {self.region!r} differs from the region of stream_arn "
-                    f"({arn_region!r}); remove region or make them agree"
-                )
-        if self.role_arn is None:
-            given = self.model_fields_set & {
-                "external_id",
-                "role_session_name",
-                "duration_seconds",
-                "sts_endpoint_url",
-            }
-            if given:
-                raise ValueError(f"{', '.join(sorted(given))} only apply with role_arn")
-        return self
+
+    def _check_stream_region(self) -> None:
+        if self.stream_arn is None:
+            return
+        arn_region = StreamArn(self.stream_arn).region
+        if arn_region != self.region:
+            raise ValueError(
+                f"region {show(self.region)} differs from the region of stream_arn "
+                f"({show(arn_region)}); remove region or make them agree"
+            )
+
+    def _check_role_settings(self) -> None:
+        if self.role_arn is not None:
+            return
+        given = self.model_fields_set & {
+            "external_id",
+            "role_session_name",
+            "duration_seconds",
+            "sts_endpoint_url",
+        }
+        if given:
+            raise ValueError(f"{', '.join(sorted(given))} only apply with role_arn")
 
     @property
     def stream(self) -> dict[str, str]:

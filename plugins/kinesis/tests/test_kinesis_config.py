@@ -229,8 +229,8 @@ def test_a_stream_arn_stands_for_the_stream_name_and_gives_the_region():
         ),
         (
             {"stream_name": None, "stream_arn": ARN, "region": "us-east-1"},
-            # the region taken from the ARN is not a value of the input: as the plugin wrote it
-            "sinks.cloud: region \"us-east-1\" differs from the region of stream_arn ('eu-west-1')",
+            # the region taken from the ARN is not a value of the input: JSON all the same
+            'sinks.cloud: region "us-east-1" differs from the region of stream_arn ("eu-west-1")',
         ),
         (
             {"stream_name": None, "stream_arn": "arn:aws:kinesis:eu-west-1:123:stream/x"},

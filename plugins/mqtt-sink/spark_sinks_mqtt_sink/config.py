@@ -17,7 +17,7 @@ from pydantic import (
 )
 from spark_sinks_sparkplug.codec import check_id
 
-from spark_sinks import SinkConfig
+from spark_sinks import MAX_SECONDS, SinkConfig
 
 TOPIC_FIELDS = frozenset({"host", "machine", "type"})
 DEFAULT_TOPIC = "spark/{host}/{machine}/{type}"
@@ -70,10 +70,10 @@ class MqttSinkConfig(SinkConfig):
     max_in_flight: int = Field(1000, ge=1, le=65000)
     """Envelopes held (published and unacknowledged, or waiting for a connection); a write
     waits when this many are held. At most 65000: MQTT message IDs are 16 bits."""
-    connect_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0, le=MAX_SECONDS)
     """Seconds for TCP, TLS and CONNACK; also how long the start-up check waits."""
-    reconnect_min_delay: float = Field(0.5, gt=0)
-    reconnect_max_delay: float = Field(30.0, gt=0)
+    reconnect_min_delay: float = Field(0.5, gt=0, le=MAX_SECONDS)
+    reconnect_max_delay: float = Field(30.0, gt=0, le=MAX_SECONDS)
 
     @field_validator("topic")
     @classmethod
