@@ -7,7 +7,8 @@ whole gateway, and no sink line contradicts it:
 
 - ``OK`` (exit 0): the run is alive and every sink flows;
 - ``PROBLEM`` (exit 1): the run is alive, but a sink is STALLED or has LOST envelopes;
-- ``STALE`` (exit 1): the file was not rewritten for three intervals: is the run alive?
+- ``STALE`` (exit 1): the file was not rewritten for three intervals (or is dated more
+  than that in the future: the clock was set back): is the run alive?
 - ``EXITED`` (exit 1): the run has ended; the lines give each sink's final counters.
 """
 
@@ -22,10 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import format_validation_error
 from .errors import SparkSinksError
-from .sink import describe, lost_anything
+from .sink import MAX_SECONDS, describe, lost_anything
 
 MAX_BYTES = 16 * 1024 * 1024
 """A status file is a few kB per sink; anything this large is not one."""
+MAX_EPOCH = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: a time beyond it (or before 1970) is no status file's."""
 
 
 class _Model(BaseModel):
@@ -50,7 +53,7 @@ class SinkStatus(_Model):
     corrupt_spools: int = Field(0, ge=0)
     lost_in_corrupt_spool: int = Field(0, ge=0)
     last_error: str | None = None
-    last_delivery_at: float | None = None
+    last_delivery_at: float | None = Field(None, ge=0, le=MAX_EPOCH)
 
 
 class InputStatus(_Model):
@@ -60,8 +63,8 @@ class InputStatus(_Model):
 
 class StatusFile(_Model):
     pid: int = Field(ge=0)
-    time: float
-    interval: float = Field(60.0, ge=0)
+    time: float = Field(ge=0, le=MAX_EPOCH)
+    interval: float = Field(60.0, ge=0, le=MAX_SECONDS)
     final: bool = False
     input: InputStatus
     sinks: dict[str, SinkStatus]
@@ -121,8 +124,11 @@ def verdict(snap: StatusFile, now: float | None = None) -> Verdict:
             state = "LOST ENVELOPES" if lost_anything(s.model_dump()) else "all delivered"
             lines.append(f"sink {name}: {state}; {_counts(s)}")
         return Verdict(False, lines)
-    if age > 3 * interval:
-        lines = [f"STALE: {head}; last status {age:.0f}s ago: is spark-sinks running?"]
+    if abs(age) > 3 * interval:
+        # dated in the future: the clock was set back since; a live run would have
+        # rewritten the file within an interval by the new clock
+        when = f"{age:.0f}s ago" if age > 0 else f"dated {-age:.0f}s in the future"
+        lines = [f"STALE: {head}; last status {when}: is spark-sinks running?"]
         for name, s in snap.sinks.items():
             lines.append(f"sink {name}: last known: {_counts(s)}")
         return Verdict(False, lines)

@@ -81,6 +81,7 @@ def check_status_output(result: Any, status: Path) -> None:
         assert len(err.splitlines()) == 1, err
         assert err.startswith(f"spark-sinks: error: {status}: "), err
         return
+    assert max(map(len, out.splitlines())) < 500, out[:3000]  # no 300-digit "seconds ago"
     head = out.splitlines()[0]
     assert head.startswith(HEADLINES), out
     assert (result.returncode == 0) == head.startswith("OK: "), out
@@ -187,6 +188,11 @@ def test_status_of_many_damaged_files_in_process(tmp_path, content):
         (b'{"pid": 1}', "time: required key is missing"),
         (orjson.dumps({**good_status(0), "sinks": {"out": {"accepted": "10"}}}), "sinks.out"),
         (orjson.dumps({**good_status(0), "pid": True}), "pid: Input should be a valid integer"),
+        # before: "STALE: ...; last status 1000000000000000010979063629440455417404923096773
+        # (300 digits)s ago"; a time outside the years 1970 to 9999 is no status file's
+        (orjson.dumps({**good_status(-1e308)}), "time: Input should be greater than or equal"),
+        (orjson.dumps({**good_status(1e308)}), "time: Input should be less than or equal"),
+        (orjson.dumps({**good_status(2**64 - 1)}), "time: Input should be less than or equal"),
     ],
 )
 def test_status_names_what_is_wrong_with_a_damaged_file(tmp_path, content, says):
@@ -210,6 +216,20 @@ def test_status_of_a_missing_and_of_a_stale_file(tmp_path):
     check_status_output(result, status)
     out = result.stdout.decode()
     assert out.startswith("STALE: pid 4242") and "last known" in out, out
+
+
+@pytest.mark.parametrize("ahead", [60.0, 86_400.0 * 365])
+def test_a_status_file_dated_in_the_future_is_stale_not_ok(tmp_path, ahead):
+    """A gateway's clock set back (an NTP correction after it ran ahead): the file of a run
+    that has since died is dated in the future. Before: "OK ... flowing", exit 0, until
+    the clock caught up; a live run rewrites the file within one interval."""
+    status = tmp_path / "status.json"
+    status.write_bytes(orjson.dumps(good_status(time.time() + ahead)))
+    result = status_in_process(write_config(tmp_path, status_file=str(status)))
+    check_status_output(result, status)
+    out = result.stdout.decode()
+    assert result.returncode == 1 and out.startswith("STALE: "), out
+    assert "in the future" in out.splitlines()[0], out
 
 
 def test_status_without_a_status_file_exits_1_as_the_readme_says(tmp_path):
