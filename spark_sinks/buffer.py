@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
-from .envelope import Envelope
+from .envelope import Envelope, json_size
 from .errors import SinkError
 from .sink import BufferConfig
 
@@ -86,7 +86,7 @@ class Batch:
 
     def __init__(self, envelopes: list[Envelope], holders: int, compact: bool) -> None:
         self.envelopes = envelopes
-        self.size = sum([len(e.to_json()) for e in envelopes])
+        self.size = json_size(envelopes)
         """Bytes of envelope JSON: what the memory bound counts."""
         self.compact = compact
         self._holders = holders

@@ -185,6 +185,21 @@ def _as_json(msg: str, err: ErrorDetails) -> str:
         if python in msg:
             # in full, as the validator wrote it: a cut value would escape redaction
             msg = msg.replace(python, show(value, 2 * len(python) + 10))
+    return _context_as_json(msg, err.get("ctx") or {})
+
+
+def _context_as_json(msg: str, ctx: dict[str, Any]) -> str:
+    """Values pydantic's own checks computed and quoted in their message (the
+    ``pattern`` of a ``Field``, the ``expected_schemes`` of a URL), as JSON too."""
+    for value in ctx.values():
+        if not isinstance(value, str):
+            continue
+        if f"'{value}'" in msg:  # pydantic quotes a pattern as is, not with repr
+            msg = msg.replace(f"'{value}'", show(value, 2 * len(value) + 10))
+        elif value in msg and _PY_STRING.fullmatch(value.partition(" ")[0]):
+            # a list of choices: 'http' or 'https'
+            listed = _PY_STRING.sub(lambda m: show(ast.literal_eval(m.group(0))), value)
+            msg = msg.replace(value, listed)
     return msg
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -90,3 +90,17 @@ class Envelope:
         if not isinstance(other, Envelope):
             return NotImplemented
         return self.to_dict() == other.to_dict() and self.machine == other.machine
+
+
+def json_size(envelopes: list[Envelope]) -> int:
+    """Bytes of the envelopes' JSON: the sum of ``len(e.to_json())``.
+
+    Called on every dispatched batch (what a memory buffer's bound counts). Reading the
+    encoded JSON straight from the slot is cheaper than a ``to_json`` call per envelope,
+    and it is nearly always there (the assembler encodes records as it makes them)."""
+    # may hold None (not encoded yet): len() then raises, and the slow way takes over
+    encoded = cast("list[bytes]", [e._json for e in envelopes])
+    try:
+        return sum(map(len, encoded))
+    except TypeError:  # one not encoded yet (e.g. metadata): encode it now, once
+        return sum([len(e.to_json()) for e in envelopes])

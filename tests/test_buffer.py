@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import Sequence
 
+import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from spark_sinks.buffer import GRACE, SinkWorker
+from spark_sinks.buffer import GRACE, Batch, SinkWorker
 from spark_sinks.dispatch import ActiveSink, Dispatcher
 from spark_sinks.envelope import Envelope
 from spark_sinks.plugins import PluginInfo
@@ -124,6 +125,31 @@ def test_order_bound_and_counts_hold_for_any_batches(sizes, when_full, max_bytes
         assert s["dropped"] == 0
     if when_full == "drop_oldest" and len(put) > 1:
         assert put[-1] in kept, "drop_oldest keeps the newest batch"
+
+
+made = st.lists(st.tuples(st.sampled_from(["data", "json", "compacted"]), st.text(max_size=60)))
+
+
+@given(kinds=made)
+@example(kinds=[("json", "a"), ("json", "b"), ("data", "\u00e9")])  # only the last unencoded
+@example(kinds=[("data", "a"), ("json", "b")])
+def test_a_batch_counts_the_bytes_of_its_envelopes_json_however_they_were_made(kinds):
+    """What max_bytes bounds is real bytes: a batch's size is its envelopes' JSON, whether
+    encoded when made (records), only on demand (metadata), or compacted; sizing changes
+    none of them."""
+    envelopes = []
+    for i, (kind, text) in enumerate(kinds):
+        data = {"machine": "m", "seq": i, "text": text}
+        if kind == "json":
+            e = Envelope.from_json(orjson.dumps({"type": "record", "host": "gw", "data": data}))
+        else:
+            e = Envelope("record", "gw", data, "m")
+            if kind == "compacted":
+                e.compact()
+        envelopes.append(e)
+    expected = [orjson.dumps(e.to_dict()) for e in envelopes]
+    assert Batch(envelopes, 1, False).size == sum(len(j) for j in expected)
+    assert [e.to_json() for e in envelopes] == expected
 
 
 # -- the worker model -------------------------------------------------------------------------

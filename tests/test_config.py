@@ -7,8 +7,9 @@ import re
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field, HttpUrl, create_model
 
-from spark_sinks.config import load_config
+from spark_sinks.config import load_config, validate_block
 from spark_sinks.errors import ConfigError
 from spark_sinks.plugins import load_registry
 from spark_sinks.show import show
@@ -238,3 +239,28 @@ def test_a_value_a_validator_computed_is_written_as_json(tmp_path_factory, regis
     for value in values:
         rest = rest.replace(show(value, 1000), "")
     assert not _PY_LITERAL.search(rest), msg
+
+
+class _Patterned(BaseModel):
+    code: str
+    url: HttpUrl | None = None
+
+
+@settings(max_examples=60, deadline=None)
+@example(pattern="it's [a-z]+")
+# no whitespace: a message's whitespace is collapsed to single spaces (an NBSP shows as " ")
+@given(
+    pattern=st.text(
+        st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1, max_size=20
+    )
+)
+def test_a_value_pydantic_computed_is_written_as_json(pattern):
+    """Before: ``String should match pattern '^it's [a-z]+$'`` (pydantic quotes the
+    pattern of its own check), ``URL scheme should be 'http' or 'https'``."""
+    anchored = f"^{re.escape(pattern)}$"
+    model = create_model("Patterned", code=(str, Field(pattern=anchored)), __base__=_Patterned)
+    with pytest.raises(ConfigError) as caught:
+        validate_block(model, {"code": pattern + "\x00", "url": "ftp://x"}, "sinks.x")
+    msg = str(caught.value)
+    assert f"sinks.x.code: String should match pattern {show(anchored, 1000)}" in msg, msg
+    assert 'sinks.x.url: URL scheme should be "http" or "https"' in msg, msg

@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.mosquitto import FORBIDDEN, PASSWORD, USER, Client, Mosquitto
+import tests.support.mosquitto as mosquitto_support
+from tests.support.mosquitto import (
+    FORBIDDEN,
+    PASSWORD,
+    USER,
+    Certs,
+    Client,
+    Mosquitto,
+    mosquitto_broker,
+)
 
 
 def test_anonymous_round_trip(mosquitto: Mosquitto) -> None:
@@ -107,3 +116,20 @@ def test_acl_listener_refuses_only_the_forbidden_subscriptions(mosquitto: Mosqui
         c.disconnect()
         c.loop_stop()
     assert got == [[1, 0x87, 0x87]]
+
+
+def test_a_port_taken_before_the_broker_binds_it_is_replaced(
+    tmp_path: Path, mqtt_certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other test sessions run alongside: a free port may be taken before the broker binds
+    it. The broker then starts on other ports instead of failing the test's setup."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        real = mosquitto_support.free_port
+        first = iter([busy])
+        monkeypatch.setattr(mosquitto_support, "free_port", lambda: next(first, None) or real())
+        with mosquitto_broker(tmp_path / "m", mqtt_certs) as broker:
+            assert broker.port != busy
+            Client(broker, "fixture-moved").connect().close()

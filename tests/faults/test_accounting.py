@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -299,12 +300,19 @@ def test_a_reload_that_changes_a_spooled_sink_counts_every_envelope_once(
     proc.stdin.flush()
     wait_until(lambda: (s := status(tmp_path)) and s["accepted"] >= 104, what="first half")
     write_config(tmp_path, {"cloud": {**sink, "linger_ms": 30}})
+    seen: list[bytes] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     proc.send_signal(signal.SIGHUP)
+    # the second half only after the reload: else, on a loaded machine, the run may read
+    # it and end before it takes the reload (seen in make test: 204 accepted, no reload)
+    wait_until(lambda: any(b"reload applied" in x for x in seen), what="the reload")
     proc.stdin.write(lines(100, start=100))
     proc.stdin.close()
-    err = proc.stderr.read().decode()  # type: ignore[union-attr]
-    assert proc.wait(60) == 0, err[-3000:]
-    assert "reload applied" in err
+    code = proc.wait(60)
+    reader.join(10)
+    err = b"".join(seen).decode()
+    assert code == 0, err[-3000:]
     # 4 metadata at start, 4 again to the restarted sink, 200 records
     assert "sink 'cloud': 208 accepted, 208 delivered" in err, err[-2000:]
     assert sorted(seqs(kinesis, stream)) == list(range(200))

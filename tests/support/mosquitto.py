@@ -177,6 +177,13 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
+    def new_ports(self) -> None:
+        """Other free ports: another process took one between ``free_port`` and the bind."""
+        self.port, self.auth_port, self.tls_port = free_port(), free_port(), free_port()
+        if self.acl_port is not None:
+            self.acl_port = free_port()
+        self._write_config()
+
     def _write_config(self) -> None:
         pwfile = self.dir / "passwords"
         pwfile.touch(mode=0o600)
@@ -307,7 +314,16 @@ class Mosquitto:
 
 @contextmanager
 def mosquitto_broker(directory: Path, certs: Certs | None = None) -> Iterator[Mosquitto]:
-    broker = Mosquitto(directory, certs or make_certs(directory / "pki")).start()
+    broker = Mosquitto(directory, certs or make_certs(directory / "pki"))
+    for attempt in range(3):
+        try:
+            broker.start()
+            break
+        except RuntimeError:
+            # a port taken by another process (tests of other sessions run alongside)
+            if attempt == 2 or "Address already in use" not in broker.log():
+                raise
+            broker.new_ports()
     try:
         yield broker
     finally:

@@ -64,6 +64,9 @@ class MqttSinkConfig(SinkConfig):
     group_id: str = "spark"
     edge_node_id: str | None = None
     """Sparkplug edge node ID; default: the gateway's ``host``."""
+    aliases: bool = False
+    """Sparkplug: each DBIRTH metric gets an alias (unique across the edge node) and DDATA
+    names metrics by alias only: smaller messages; the host must have seen the births."""
     max_in_flight: int = Field(1000, ge=1, le=65000)
     """Envelopes held (published and unacknowledged, or waiting for a connection); a write
     waits when this many are held. At most 65000: MQTT message IDs are 16 bits."""

@@ -3,7 +3,8 @@
 ``JsonEncoder`` sends the envelope's JSON unchanged on a templated topic.
 ``EdgeNode`` is the gateway as a Sparkplug B edge node: each machine is a device. It
 keeps the state the specification asks for: ``bdSeq`` (one per MQTT connection), ``seq``
-(0..255 across every message of a session) and which devices were born with which metrics.
+(0..255 across every message of a session), which devices were born with which metrics,
+and with ``aliases`` each metric's alias (births carry name and alias, DDATA the alias).
 Both are used only under the sink's lock, which therefore owns this state.
 """
 
@@ -75,6 +76,10 @@ class EdgeNode:
         sessions, so that a new session re-births every device known so far."""
         self.born: set[str] = set()
         """Devices with a DBIRTH in this session."""
+        self._aliases: dict[str, dict[str, int]] | None = {} if config.aliases else None
+        """With ``aliases``: each device's metric name -> alias. An alias is unique across
+        the edge node and never reused (the specification's rule); kept like ``defs``."""
+        self._next_alias = 0
 
     def topic(self, kind: str, device: str | None = None) -> str:
         return str(codec.topic(self.group, kind, self.edge, device))
@@ -120,6 +125,8 @@ class EdgeNode:
         """The machine stopped publishing: its DDEATH if it was born in this session; it is
         forgotten, so later births leave it out (a record of it would birth it again)."""
         self.defs.pop(device, None)
+        if self._aliases is not None:
+            self._aliases.pop(device, None)
         if device not in self.born:
             return []
         self.born.discard(device)
@@ -143,7 +150,8 @@ class EdgeNode:
         }
         births = 0 if device in self.born and not changed else 1 + (device in self.born)
         # encode first with the seq it will have, so that a bad value takes no seq
-        payload = codec.ddata(values, (self._seq.value + births) % 256)
+        aliases = self._alias_map(device, [v.name for v in values])
+        payload = codec.ddata(values, (self._seq.value + births) % 256, aliases=aliases)
         out = []
         if births:
             self.defs[device] = {**known, **changed}
@@ -163,8 +171,21 @@ class EdgeNode:
 
     def _dbirth(self, device: str) -> Message:
         self.born.add(device)
-        payload = codec.dbirth(self.defs[device].values(), self._seq.take())
+        defs = self.defs[device]
+        aliases = self._alias_map(device, list(defs))
+        payload = codec.dbirth(defs.values(), self._seq.take(), aliases=aliases)
         return Message(self.topic(codec.DBIRTH, device), payload, self.qos)
+
+    def _alias_map(self, device: str, names: list[str]) -> dict[str, int] | None:
+        """With ``aliases``: the device's, with a new one for each name that has none."""
+        if self._aliases is None:
+            return None
+        known = self._aliases.setdefault(device, {})
+        for name in names:
+            if name not in known:
+                known[name] = self._next_alias
+                self._next_alias += 1
+        return known
 
 
 def _why(exc: Exception) -> str:

@@ -286,8 +286,10 @@ def test_a_machine_disabled_on_reload_gets_its_ddeath_and_no_more_births(
 # -- the edge node's bookkeeping, without a broker ----------------------------------------
 
 
-def edge() -> EdgeNode:
-    cfg = MqttSinkConfig(type="mqtt", host="localhost", format="sparkplug_b", group_id="g")
+def edge(aliases: bool = False) -> EdgeNode:
+    cfg = MqttSinkConfig(
+        type="mqtt", host="localhost", format="sparkplug_b", group_id="g", aliases=aliases
+    )
     node = EdgeNode(cfg, "gw")
     node.connect_sent()
     node.birth()
@@ -335,6 +337,56 @@ def test_a_bad_value_is_refused_without_taking_a_seq() -> None:
     assert [seq_of(m.payload) for m in good] == [1, 2]  # DBIRTH, DDATA: no gap
     with pytest.raises(EncodeError, match="device ID"):
         node.encode(rec("a/b", {"x": {"name": "x", "format": "uint8", "value": 3}}))
+
+
+M_ALIAS = 2
+
+
+def wire_metrics(payload: bytes) -> list[dict[int, list[protowire.Field]]]:
+    """Each metric's fields as on the wire (read without our codec)."""
+    out = []
+    for f in protowire.by_number(payload).get(P_METRICS, []):
+        assert isinstance(f.value, bytes)
+        out.append(protowire.by_number(f.value))
+    return out
+
+
+def test_aliases_births_carry_name_and_alias_data_the_alias_only() -> None:
+    node = edge(aliases=True)
+    v = {
+        "x": {"name": "x", "format": "int8"},
+        "y": {"name": "y", "format": "float"},
+    }
+    births = [*node.encode(meta("m", v)), *node.encode(meta("n", v))]
+    named: dict[tuple[str, int], str] = {}  # (device, alias) -> name, from the births
+    for msg in births:
+        device = msg.topic.split("/")[-1]
+        for m in wire_metrics(msg.payload):
+            named[(device, int(m[M_ALIAS][0].value))] = m[M_NAME][0].text  # type: ignore[arg-type]
+    assert sorted(named.values()) == ["x", "x", "y", "y"]
+    aliases = [alias for _, alias in named]
+    assert len(set(aliases)) == 4  # unique across the edge node, not per device
+    (data,) = node.encode(rec("n", {"x": {**v["x"], "value": 5}, "y": {**v["y"], "value": 1.5}}))
+    wire = wire_metrics(data.payload)
+    assert all(M_NAME not in m and M_ALIAS in m for m in wire)
+    by_name = {named[("n", int(m[M_ALIAS][0].value))]: m for m in wire}  # type: ignore[arg-type]
+    assert by_name["x"][M_INT][0].value == 5
+    assert by_name["y"][M_DATATYPE][0].value == 9  # Float
+    # a new metric: DDEATH, DBIRTH with a fresh alias, then the DDATA by alias
+    more = node.encode(rec("n", {"z": {"name": "z", "format": "int8", "value": 1}}))
+    assert [m.topic.split("/")[2] for m in more] == ["DDEATH", "DBIRTH", "DDATA"]
+    reborn = {m[M_NAME][0].text: int(m[M_ALIAS][0].value) for m in wire_metrics(more[1].payload)}  # type: ignore[arg-type]
+    assert reborn["x"] == next(a for (d, a), n in named.items() if d == "n" and n == "x")
+    assert reborn["z"] not in aliases
+    # a retired device's aliases are never given to another metric
+    node.retire("m")
+    fresh = node.encode(meta("m", {"w": {"name": "w", "format": "int8"}}))
+    (w_alias,) = [int(m[M_ALIAS][0].value) for m in wire_metrics(fresh[0].payload)]  # type: ignore[arg-type]
+    assert w_alias not in {*aliases, *reborn.values()}
+    # without aliases nothing changes: names, no alias
+    plain = edge()
+    (b,) = plain.encode(meta("m", v))
+    assert all(M_NAME in m and M_ALIAS not in m for m in wire_metrics(b.payload))
 
 
 def test_bdseq_counts_connects_sent_and_wraps() -> None:

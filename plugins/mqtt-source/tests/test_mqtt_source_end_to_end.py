@@ -76,9 +76,13 @@ def test_mqtt_in_mqtt_and_kinesis_out(
     assert "sink 'bus': " in run.err and "sink 'cloud': " in run.err
 
 
-def test_sparkplug_from_one_gateway_to_another(tmp_path: Path, mosquitto: Mosquitto) -> None:
+@pytest.mark.parametrize("aliases", [False, True], ids=["names", "aliases"])
+def test_sparkplug_from_one_gateway_to_another(
+    tmp_path: Path, mosquitto: Mosquitto, aliases: bool
+) -> None:
     """Gateway A reads NDJSON and publishes Sparkplug B (the MQTT sink); gateway B
-    subscribes (the MQTT source) and prints the same records."""
+    subscribes (the MQTT source) and prints the same records. With ``aliases`` the DDATA
+    name metrics by the alias their DBIRTH gave them only."""
     group = unique("g")
     receiver_cfg = write_config(
         tmp_path / "b.yaml", mosquitto, [f"spBv1.0/{group}/#"], format="sparkplug_b"
@@ -99,6 +103,7 @@ def test_sparkplug_from_one_gateway_to_another(tmp_path: Path, mosquitto: Mosqui
                 "format": "sparkplug_b",
                 "group_id": group,
                 "edge_node_id": "gw-a",
+                "aliases": aliases,
             }
         },
     )

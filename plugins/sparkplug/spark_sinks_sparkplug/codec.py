@@ -499,13 +499,21 @@ def ndeath(bd_seq: int, timestamp: int | None = None) -> bytes:
     return bytes(p.SerializeToString())
 
 
-def dbirth(metrics: Iterable[MetricDef], seq: int, timestamp: int | None = None) -> bytes:
+def dbirth(
+    metrics: Iterable[MetricDef],
+    seq: int,
+    timestamp: int | None = None,
+    aliases: Mapping[str, int] | None = None,
+) -> bytes:
     """A device's birth: every metric with its name and datatype, value null (none yet),
-    the Spark format and description as metric properties."""
+    the Spark format and description as metric properties; with ``aliases`` (name ->
+    alias, unique across the edge node) each metric's alias too."""
     p = _payload(seq, timestamp)
     for d in metrics:
         m = p.metrics.add()
         m.name = d.name
+        if aliases is not None:
+            m.alias = aliases[d.name]
         m.timestamp = p.timestamp
         m.datatype = d.datatype
         m.is_null = True
@@ -520,12 +528,21 @@ def dbirth(metrics: Iterable[MetricDef], seq: int, timestamp: int | None = None)
     return bytes(p.SerializeToString())
 
 
-def ddata(values: Iterable[MetricValue], seq: int, timestamp: int | None = None) -> bytes:
-    """A device's data: each metric with name, datatype, value and its own timestamp."""
+def ddata(
+    values: Iterable[MetricValue],
+    seq: int,
+    timestamp: int | None = None,
+    aliases: Mapping[str, int] | None = None,
+) -> bytes:
+    """A device's data: each metric with name, datatype, value and its own timestamp; with
+    ``aliases`` (as born) the alias instead of the name, as the specification requires."""
     p = _payload(seq, timestamp)
     for v in values:
         m = p.metrics.add()
-        m.name = v.name
+        if aliases is None:
+            m.name = v.name
+        else:
+            m.alias = aliases[v.name]
         m.timestamp = v.timestamp
         try:
             set_value(m, v.datatype, v.value, v.json_text)
