@@ -312,8 +312,13 @@ class MqttSink(Sink):
                 env = self._inflight.pop(mid, None) if conn and conn.gen == gen else None
                 if env is not None:
                     acked.append(env)
+                if env is not None and env is self._suspect:  # it was not the cause
+                    self._suspect, self._suspect_losses = None, 0
         for ev in events:
             self._handle(ev, dead, skipped)
+        with self._lock:
+            if self._conn is not None and not self._ready and not self._inflight:
+                self._drain(self._conn, dead, skipped)  # the next one, or all once cleared
         self._settle(dead, acked + skipped)
         return bool(acked)
 
@@ -426,10 +431,21 @@ class MqttSink(Sink):
             if self._edge is not None:
                 conn.client.subscribe(self._edge.topic(codec.NCMD), qos=1)
                 self._births(conn)
-            while self._queue and self._conn is conn:
-                self._publish(self._queue.popleft(), dead, skipped)
-            self._ready = self._conn is conn
+            self._drain(conn, dead, skipped)
         self._settle(dead, skipped)
+
+    def _drain(
+        self, conn: _Connection, dead: list[tuple[Envelope, str]], skipped: list[Envelope]
+    ) -> None:
+        """Publish what is queued (lock held). While an envelope is suspected of breaking
+        the connection (see ``POISON_LOSSES``), one at a time, each once the one before is
+        acknowledged: a broker that closes the connection on a bad packet drops the PUBACKs
+        of the good ones read with it, and the first of those would be blamed in its place."""
+        while self._queue and self._conn is conn:
+            if self._suspect is not None and self._inflight:
+                break
+            self._publish(self._queue.popleft(), dead, skipped)
+        self._ready = self._conn is conn and not self._queue
 
     def _await_connack(self, conn: _Connection) -> str | None:
         """None when accepted, else why not; other events wait their turn."""

@@ -127,11 +127,14 @@ def test_unacknowledged_envelopes_are_sent_again_after_a_broker_restart(
     assert got == set(range(i)), f"missing: {sorted(set(range(i)) - got)[:20]}"
 
 
+@pytest.mark.parametrize("good_before", [1, 30])
 def test_an_envelope_the_broker_never_takes_is_dead_lettered_not_retried_forever(
-    tmp_path: Path, mqtt_certs: Certs, harnesses: Callable[..., SinkHarness]
+    tmp_path: Path, mqtt_certs: Certs, harnesses: Callable[..., SinkHarness], good_before: int
 ) -> None:
     """Mosquitto closes the connection on a packet over max_packet_size: after
-    POISON_LOSSES such losses in a row the envelope is set aside and the rest flows."""
+    POISON_LOSSES such losses in a row the envelope is set aside and the rest flows.
+    Never a good one sent just before it, whose PUBACK the closing broker drops (seen in
+    CI: the record before it was dead-lettered too)."""
     broker = Mosquitto(tmp_path / "broker", mqtt_certs)
     with broker.config_file.open("a") as fh:
         fh.write("max_packet_size 2000\n")
@@ -140,12 +143,13 @@ def test_an_envelope_the_broker_never_takes_is_dead_lettered_not_retried_forever
         h = harnesses(mqtt_block(broker, flush_timeout=20))
         h.start()
         big = Envelope(RECORD, "gw", {"machine": "m", "blob": "x" * 5000}, "m")
-        h.write([record(0), big, record(2)])
+        h.write([*(record(i) for i in range(good_before)), big, record(good_before + 1)])
         h.stop()
     finally:
         broker.stop()
     snap = balanced(h.sink)
-    assert (snap["delivered"], snap["dead_lettered"], snap["pending"]) == (2, 1, 0)
+    expected = (good_before + 1, 1, 0)
+    assert (snap["delivered"], snap["dead_lettered"], snap["pending"]) == expected
     assert f"closed the connection {POISON_LOSSES} times" in (snap["last_error"] or "")
 
 
