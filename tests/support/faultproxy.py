@@ -149,6 +149,8 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
+        self._slowed_now = 0
+        """Requests being delayed right now; guarded by ``_lock``."""
         self._faults: dict[str, float] = {}
         self._targets: frozenset[str] | None = frozenset({"PutRecords"})
         self._server: _Server | None = None
@@ -249,7 +251,7 @@ class FaultProxy:
     def counters(self) -> dict[str, int]:
         """Requests seen and faults injected so far: ``requests``, ``put_records``,
         ``entries_forwarded``, ``entries_throttled``, ``errors``, ``errors_after``,
-        ``resets``, ``resets_after``, ``slowed``."""
+        ``resets``, ``resets_after``, ``slowed``, ``most_slowed_at_once``."""
         with self._lock:
             return dict(self._counters)
 
@@ -283,6 +285,21 @@ class FaultProxy:
         with self._lock:
             self._counters[key] += n
 
+    def _sleep(self, seconds: float) -> None:
+        """Delay one request, keeping ``most_slowed_at_once``: how many requests were
+        delayed at the same moment, which tells a test how concurrent its client is
+        without timing it."""
+        with self._lock:
+            self._counters["slowed"] += 1
+            self._slowed_now += 1
+            most = self._counters["most_slowed_at_once"]
+            self._counters["most_slowed_at_once"] = max(most, self._slowed_now)
+        try:
+            time.sleep(seconds)
+        finally:
+            with self._lock:
+                self._slowed_now -= 1
+
     def _draw(self, name: str) -> bool:
         with self._lock:
             p = self._faults.get(name, 0.0)
@@ -299,8 +316,7 @@ class FaultProxy:
             slow_seconds = self._faults.get("slow_seconds", 0.0)
         if targeted:
             if self._draw("slow") and slow_seconds > 0:
-                self._count("slowed")
-                time.sleep(slow_seconds)
+                self._sleep(slow_seconds)
             if self._draw("reset"):
                 self._count("resets")
                 self._reset(h)
