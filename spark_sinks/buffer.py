@@ -12,7 +12,7 @@ come after the last ``write``.
 The worker is not woken for every batch: waking a thread and handing it the GIL costs
 the source thread far more than the few microseconds of ``write`` a fast sink needs
 (README, Performance). Once it has written everything queued, the worker lingers: for up
-to ``LINGER`` (20 ms) further batches only gather, unless they reach 1 MiB (or half of
+to ``LINGER`` (50 ms) further batches only gather, unless they reach 1 MiB (or half of
 ``max_bytes``) or the queue fills up; then it takes all of them, in order. Only a worker
 that found nothing at the end of its linger sleeps until the next batch wakes it. So a
 batch waits at most ``LINGER`` before the worker starts on it (after any batches still
@@ -74,8 +74,8 @@ the sink's own ``flush(timeout)`` may return a moment late."""
 _LOG_EVERY = 10.0
 _POLL = 0.2
 """Seconds between looks at ``context.shutdown`` while the source waits for space."""
-LINGER = 0.02
-"""Seconds an idle worker lets batches gather before it takes them (see ``SinkWorker``)."""
+LINGER = 0.05
+"""Seconds an idle worker lets batches gather before it takes them (module docstring)."""
 _WAKE_BYTES = 1 << 20
 """Queued bytes that end a worker's linger early (or half the buffer's bound, if less)."""
 
