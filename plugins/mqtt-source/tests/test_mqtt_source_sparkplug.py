@@ -249,3 +249,45 @@ def test_a_skipped_seq_gets_a_rebirth_request_and_the_rebirth_is_followed(
     assert "source: 1 rebirth_requests" in run.err
     final = orjson.loads(status.read_bytes())
     assert final["final"] and final["input"]["source"]["rebirth_requests"] == 1
+
+
+def test_a_ddata_overtaken_by_a_newer_one_never_puts_an_older_value_back(
+    tmp_path: Path, mosquitto: Mosquitto, group: str
+) -> None:
+    """seq 4 is published before seq 3 (as a reconnecting edge node's resent messages, or a
+    bridge, may deliver them): 3's temperature is older than 4's and is discarded as stale;
+    its ``seq`` variable, which 4 did not update, is the newest there is and goes out."""
+    status = tmp_path / "status.json"
+    run = start(
+        tmp_path, mosquitto, group, reorder_timeout=600, operations={"status_file": str(status)}
+    )
+    pub = Client(mosquitto).connect()
+    top = f"spBv1.0/{group}"
+    defs = codec.metric_defs(MACHINES["m0"]["variables"])
+    pub.publish(f"{top}/NBIRTH/e1", codec.nbirth(0, seq=0))
+    pub.publish(f"{top}/DBIRTH/e1/m0", codec.dbirth(defs, seq=1))
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(1, 20.0), T0 + 2), 2))
+    pub.publish(
+        f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(None, 22.0), T0 + 4), 4)
+    )
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(2, 21.0), T0 + 3), 3))
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(3, None), T0 + 5), 5))
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 4, what="four records")
+    assert run.stop(signal.SIGTERM) == 0, run.err
+
+    got = [(r["time"], {k: a["value"] for k, a in r["attributes"].items()}) for r in run.records()]
+    assert got == [
+        (format_ms(T0 + 2), {"seq": 1, "temperature": 20.0}),
+        (format_ms(T0 + 4), {"seq": 1, "temperature": 22.0}),
+        (format_ms(T0 + 3), {"seq": 2, "temperature": 22.0}),  # never 21.0 again
+        (format_ms(T0 + 5), {"seq": 3, "temperature": 22.0}),
+    ]
+    [warning] = [ln for ln in run.err.splitlines() if "stale" in ln and "WARNING" in ln]
+    assert (
+        f"edge node {group}/e1: 1 value(s) of device 'm0' in DDATA seq 3 discarded as stale"
+    ) in warning
+    assert "1 stale_values" in run.err  # the exit summary's source line
+    final = orjson.loads(status.read_bytes())
+    assert final["input"]["source"]["stale_values"] == 1
+    assert "asking it for a rebirth" not in run.err  # seq 3 came within reorder_timeout
