@@ -175,6 +175,15 @@ class Runtime:
         self.registry = registry
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
+        """Set by ``request_reload``; the pipeline thread applies it between batches."""
+        self._reloads = threading.RLock()
+        """Guards ``_stopping`` together with ``reload_requested``: ``request_reload`` (a
+        signal handler on the main thread, or the config watcher) against
+        ``_close_reloads`` (pipeline thread). Re-entrant: a second SIGHUP can interrupt the
+        handler of the first on the same thread."""
+        self._stopping = False
+        """Once set (by the pipeline thread, as the final flush begins), no reload is
+        applied any more."""
         self.dispatcher = Dispatcher()
         self.assembler = Assembler(config.machines, config.host, config.on_incomplete)
         self.rejects = Rejects(config.source.dead_letter)
@@ -269,7 +278,7 @@ class Runtime:
             if now != last and now is not None:
                 last = now
                 log.info("config file changed: reloading")
-                self.reload_requested.set()
+                self.request_reload()
 
     def run(self) -> Report:
         """Run until the source ends or ``stop`` is set, then shut down."""
@@ -282,9 +291,27 @@ class Runtime:
                 source.run(self.pipeline, self.stop)
                 self.pipeline.emit(self.assembler.finish())
         finally:
-            self.pipeline.flush()
+            self.pipeline.flush()  # the last point where a requested reload is applied
+            self._close_reloads()
             self.shutdown()
         return self.report()
+
+    def request_reload(self) -> None:
+        """SIGHUP or a changed config file: applied between batches while the run still
+        delivers; once it stops (end of input or a signal), one line says it is not."""
+        with self._reloads:
+            if self._stopping:
+                log.warning("reload requested while stopping: not applied")
+            else:
+                self.reload_requested.set()
+
+    def _close_reloads(self) -> None:
+        """The final flush begins: a reload would restart sinks being stopped."""
+        with self._reloads:
+            self._stopping = True
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                log.warning("reload requested while stopping: not applied")
 
     def request_stop(self, by: str = "a signal") -> None:
         """A first signal: the source stops, and no sink waits for buffer space any more;
@@ -457,7 +484,8 @@ class Runtime:
             a.inlet.post(partial(a.call, "machines_retired", a.sink.machines_retired, names))
 
     def _between_batches(self) -> None:
-        if self.reload_requested.is_set():
+        # stopped by a signal: the source's last batches are not the time to restart sinks
+        if self.reload_requested.is_set() and not self.stop.is_set():
             self.reload_requested.clear()
             self.reload()
 

@@ -23,6 +23,8 @@ Data flow::
   says online; then births, then the queue. An offline STATE newer than the last one
   accepted makes it publish its NDEATH and disconnect (what was unacknowledged goes back
   to the queue), and the next connection waits for online again.
+* Only a connection's network thread (``_network``) writes to its socket: ``publish``
+  queues the packet (see ``_network_thread_writes``), so envelopes leave in publish order.
 * paho calls back on its network thread while holding its own locks; callbacks only put
   PUBACKs on ``_acks`` and other events on ``_events``, so they never wait for ``_lock``
   (which ``write`` holds while it calls into paho). The control thread takes the PUBACKs
@@ -559,6 +561,12 @@ class MqttSink(Sink):
         # PUBACK (``_update_inflight``), most of the network thread's time at 1000 in flight.
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
+        # Only the connection's network thread writes to the socket. Without this hook paho
+        # writes from publish() on the caller's thread too, with no lock: two threads each
+        # pop a packet and send it, and the later one can reach the socket first (envelopes
+        # reordered on one connection; a partial send would interleave their bytes).
+        # With the hook set paho only queues the packet and wakes ``loop``, which writes.
+        client.on_socket_register_write = _network_thread_writes
         client.connect_timeout = self.config.connect_timeout
         self._identify(client)
         if self._edge is not None:
@@ -650,6 +658,10 @@ class MqttSink(Sink):
                     path.open("rb").close()
                 except OSError as exc:
                     raise SinkError(f"tls.{key} {str(path)!r}: {exc.strerror}") from None
+
+
+def _network_thread_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's "socket wants writing" hook: nothing to do, ``_network``'s ``loop`` writes."""
 
 
 def _describe(exc: BaseException) -> str:
