@@ -434,6 +434,7 @@ class Runtime:
                 "incomplete_dropped": self.assembler.incomplete_dropped,
                 "incomplete_emitted": self.assembler.incomplete_emitted,
                 "source": self._source_counters(),
+                "source_type": self.config.source.type,
             },
             "sinks": sinks,
         }

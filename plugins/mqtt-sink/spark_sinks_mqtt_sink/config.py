@@ -64,6 +64,10 @@ class MqttSinkConfig(SinkConfig):
     group_id: str = "spark"
     edge_node_id: str | None = None
     """Sparkplug edge node ID; default: the gateway's ``host``."""
+    primary_host_id: str | None = None
+    """Sparkplug: the host id of the Primary Host Application (Sparkplug 3.0). The edge node
+    then publishes its births, and data, only while that host's STATE says online; on an
+    offline STATE it publishes its NDEATH, disconnects and waits for online again."""
     aliases: bool = False
     """Sparkplug: each DBIRTH metric gets an alias (unique across the edge node) and DDATA
     names metrics by alias only: smaller messages; the host must have seen the births."""
@@ -99,10 +103,18 @@ class MqttSinkConfig(SinkConfig):
             raise ValueError("password is set but username is not")
         return v
 
-    @field_validator("group_id", "edge_node_id")
+    @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod
     def _sparkplug_id(cls, v: str | None) -> str | None:
         return v if v is None else check_id(v, "the ID")
+
+    @field_validator("primary_host_id")
+    @classmethod
+    def _for_sparkplug(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("format") != "sparkplug_b":
+            raise ValueError("a Primary Host Application is a Sparkplug setting: it needs"
+                             " format: sparkplug_b")  # fmt: skip
+        return v
 
     @field_validator("reconnect_max_delay")
     @classmethod

@@ -240,8 +240,9 @@ def _why(exc: BaseException) -> str:
 class RateLimited:
     """A warning at most once per ``every`` seconds, with how often it was held back."""
 
-    def __init__(self, every: float = 60.0) -> None:
+    def __init__(self, every: float = 60.0, logger: logging.Logger = log) -> None:
         self.every = every
+        self.log = logger
         self._last = -every
         self._held = 0
 
@@ -251,6 +252,6 @@ class RateLimited:
             self._held += 1
             return
         extra = f" ({self._held} more since the last warning)" if self._held else ""
-        log.warning(msg + extra, *args)
+        self.log.warning(msg + extra, *args)
         self._last = now
         self._held = 0
