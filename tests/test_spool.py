@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -171,3 +172,37 @@ def test_corrupt_spool_file_is_set_aside_and_a_fresh_one_works(tmp_path, caplog)
     sink.flush(5)
     assert inner.got == [0, 1, 2]
     sink.close()
+
+
+def test_delivered_rows_whose_delete_failed_are_sent_again_at_the_next_start(tmp_path, caplog):
+    """The documented at-least-once cost. A delete that cannot be made (here another
+    process holds the spool file's write lock; a full disk does the same) leaves delivered
+    rows in the file, and nothing else can be written to say so. At close the delete is
+    tried once more; when it still fails, one line says they are sent again, and the next
+    start replays them with the rest (counted as replayed). Kinesis consumers see them
+    twice: the Lambda consumer stores by host, machine and time, so a copy changes nothing."""
+    sink, inner = spooled(AckLaterSink, tmp_path)
+    sink.write(envs(30))
+    wait_for(lambda: len(inner.held) == 30)
+    with sink.spool._lock:  # each failing delete gives up after 0.1 s, not SQLite's 5 s
+        sink.spool._conn().execute("PRAGMA busy_timeout = 100")
+    other = sqlite3.connect(sink.spool.file, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock: every delete fails
+    try:
+        with inner.lock:
+            first, inner.held = inner.held[:10], inner.held[10:]
+        inner.context.delivered(first)
+        sink.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert (sink.stats.accepted, sink.stats.delivered) == (30, 10)
+    assert "10 delivered envelopes stay in spool" in caplog.text
+    assert "sent again on the next start" in caplog.text
+
+    again, inner2 = spooled(AckLaterSink, tmp_path)
+    assert again.stats.replayed == 30  # the 10 delivered and the 20 never acknowledged
+    wait_for(lambda: len(inner2.held) == 30)
+    assert inner2.ack_all() == list(range(30))
+    wait_for(lambda: again.spool.count() == 0)
+    again.close()
