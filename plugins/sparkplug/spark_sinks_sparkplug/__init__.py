@@ -2,8 +2,10 @@
 
 A library, not a plugin: it registers no hooks. ``codec`` maps Spark formats onto
 Sparkplug datatypes and builds and decodes NBIRTH, NDEATH, DBIRTH, DDATA and DDEATH
-payloads; ``sparkplug_b_pb2`` is generated from ``sparkplug_b.proto`` (see that file for
-how to regenerate it).
+payloads; ``state`` reads a Primary Host Application's STATE; ``sparkplug_b_pb2`` is
+generated from ``sparkplug_b.proto`` (see that file for how to regenerate it). ``broker``
+holds what the MQTT sink and source share beyond Sparkplug (why a broker cannot be
+reached).
 """
 
 from __future__ import annotations
