@@ -18,6 +18,7 @@ from pydantic import (
 from spark_sinks_sparkplug.codec import check_id
 
 from spark_sinks import MAX_SECONDS, SinkConfig
+from spark_sinks.show import show
 
 TOPIC_FIELDS = frozenset({"host", "machine", "type"})
 DEFAULT_TOPIC = "spark/{host}/{machine}/{type}"
@@ -85,15 +86,15 @@ class MqttSinkConfig(SinkConfig):
         try:
             fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
         except ValueError as exc:
-            raise ValueError(f"topic template {v!r} is malformed: {exc}") from None
+            raise ValueError(f"topic template {show(v)} is malformed: {exc}") from None
         unknown = sorted(set(fields) - TOPIC_FIELDS)
         if unknown:
             raise ValueError(
-                f"topic template {v!r} uses {{{unknown[0]}}}; "
+                f"topic template {show(v)} uses {{{unknown[0]}}}; "
                 "only {host}, {machine} and {type} are known"
             )
         if any(c in v for c in "+#\0") or not v:
-            raise ValueError(f"topic template {v!r} contains a wildcard (+, #) or NUL")
+            raise ValueError(f"topic template {show(v)} contains a wildcard (+, #) or NUL")
         return v
 
     @field_validator("password")

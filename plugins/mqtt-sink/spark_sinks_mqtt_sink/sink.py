@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from spark_sinks_sparkplug import codec
+from spark_sinks_sparkplug.broker import why_unreachable
 from spark_sinks_sparkplug.codec import SparkplugError
 from spark_sinks_sparkplug.state import parse_state, state_topic
 
@@ -470,7 +471,8 @@ class MqttSink(Sink):
         try:
             client.connect(self.config.host, self.config.effective_port, self.config.keepalive)
         except (OSError, ValueError) as exc:
-            self._error(_describe(exc))
+            tls = self.config.tls
+            self._error(why_unreachable(exc, self.config.host, tls.ca_file if tls else None))
             return None
         if self._edge is not None:
             with self._lock:
@@ -662,15 +664,3 @@ class MqttSink(Sink):
 
 def _network_thread_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """paho's "socket wants writing" hook: nothing to do, ``_network``'s ``loop`` writes."""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the broker's certificate is not trusted: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running on that port?)"
-    if isinstance(exc, TimeoutError | OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}"

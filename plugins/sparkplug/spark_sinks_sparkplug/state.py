@@ -15,9 +15,8 @@ from typing import NamedTuple
 
 import orjson
 
-from .codec import NAMESPACE, SparkplugError, check_id
-
-STATE = "STATE"
+from .errors import SparkplugError
+from .topics import NAMESPACE, STATE, check_id
 
 
 class HostState(NamedTuple):
