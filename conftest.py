@@ -44,12 +44,12 @@ def _secret_registry_restored() -> Iterator[None]:
     life of the process (as a run needs). Restored after each test: the forms of one
     test's generated secrets (base64 pieces of 4 characters among them) would otherwise
     blank out words in a later test's output (seen in CI as two unrelated failures)."""
-    secrets, forms = set(logs._secrets), logs._forms
+    secrets, known = set(logs._secrets), logs._known
     yield
     with logs._lock:
         logs._secrets.clear()
         logs._secrets.update(secrets)
-        logs._forms = forms
+        logs._known = known
 
 
 @pytest.fixture(scope="session")

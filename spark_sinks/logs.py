@@ -7,8 +7,9 @@ by ``config`` at every load, so also by a reload) is replaced by ``***`` in ever
 form it can take in a line: as is, JSON-escaped, ``repr``-escaped, as the body of a
 bytes ``repr`` (botocore's ``Invalid header value b'...'``), stripped of surrounding
 whitespace, and those forms escaped once more (a ``repr`` inside a JSON log line); also
-URL-encoded once or twice (``%XX``, ``+`` for a space; ``%2520`` for a space in a URL
-inside a URL), hex (lower and upper case) and base64-encoded (standard and URL-safe
+percent-encoded once or twice by any encoder (each character as is, ``%XX`` or ``%25XX``
+with hex digits in any case, ``%2f`` as ``%2F``; a space also ``+`` or ``%2B``), hex
+(lower and upper case) and base64-encoded (standard and URL-safe
 alphabets, alone or inside a longer base64 text such as ``user:secret`` in an
 ``Authorization`` header: the characters that encode only the secret's bytes, at each of
 the three alignments; the one or two characters it shares with its neighbours remain).
@@ -26,22 +27,34 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import sys
 import threading
-import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 
 _MIN_LEN = 4
 _MIN_ENCODED = 8
 """Hex and base64 forms shorter than this are not replaced (see the module's docstring)."""
+
+
+class _Known(NamedTuple):
+    """What ``redact`` replaces, swapped whole so that any thread reads one consistent set."""
+
+    forms: tuple[str, ...]
+    """Every literal form of every secret, longest first (replaced whole)."""
+    patterns: tuple[re.Pattern[str], ...]
+    """Every secret percent-encoded (see ``url_patterns``), longest first; replaced before
+    ``forms``, only in a text holding ``%`` or ``+``."""
+
+
 _lock = threading.Lock()
-"""Guards ``_secrets`` and the rebuild of ``_forms``; readers take ``_forms`` as is."""
+"""Guards ``_secrets`` and the rebuild of ``_known``; readers take ``_known`` as is."""
 _secrets: set[str] = set()
-_forms: tuple[str, ...] = ()
-"""Every form of every secret, longest first (replaced whole, by any thread)."""
+_known = _Known((), ())
 
 
 def _json(v: str) -> str:
@@ -63,17 +76,32 @@ def _bytes_repr(v: str) -> str:
 _ESCAPES: tuple[Callable[[str], str], ...] = (_json, _json_ascii, _repr, _bytes_repr)
 
 
-_QUOTES: tuple[Callable[[str], str], ...] = (
-    lambda v: urllib.parse.quote(v, safe=""),  # a query value, user info
-    urllib.parse.quote_plus,  # a form body
-    urllib.parse.quote,  # a path
-)
+def _hex_digit(d: str) -> str:
+    """A hex digit as encoders write it: in either case (``%2F``, ``%2f``)."""
+    return d if d.isdigit() else f"[{d.upper()}{d.lower()}]"
 
 
-def _url_forms(v: str) -> set[str]:
-    """Percent-encoded, once or twice (a URL inside a URL's query string)."""
-    once = {quote(v) for quote in _QUOTES}
-    return once | {quote(x) for x in once for quote in _QUOTES}
+def _percent(data: bytes, twice: bool) -> str:
+    prefix = "%25" if twice else "%"
+    return "".join(prefix + "".join(map(_hex_digit, f"{b:02X}")) for b in data)
+
+
+def _char_pattern(c: str) -> str:
+    """A character as any percent-encoder leaves it: as is (encoders differ in what they
+    leave), ``%XX`` per UTF-8 byte, or that encoded again (``%25XX``); a space also as
+    ``+`` (a form body) and ``%2B`` (a form body inside a URL)."""
+    data = c.encode("utf-8", "surrogatepass")
+    # the longest first: a ``%`` in the secret is not to match the head of its ``%25``
+    ways = [_percent(data, twice=True), _percent(data, twice=False)]
+    if c == " ":
+        ways += [_percent(b"+", twice=False), r"\+"]
+    return "(?:" + "|".join([*ways, re.escape(c)]) + ")"
+
+
+def _url_pattern(v: str) -> re.Pattern[str]:
+    """``v`` percent-encoded once or twice by any encoder, hex digits in any case: each
+    match decodes to ``v``, so it is as specific as ``v`` itself."""
+    return re.compile("".join(map(_char_pattern, v)))
 
 
 def _hex_forms(v: str) -> set[str]:
@@ -102,26 +130,45 @@ def forms(value: str) -> set[str]:
     for v in {value, value.strip()}:
         once = {v, *(escape(v) for escape in _ESCAPES)}
         twice = {escape(x) for x in once for escape in _ESCAPES}
-        text |= once | twice | _url_forms(v)
+        text |= once | twice
         encoded |= _hex_forms(v) | _base64_forms(v)
     return {f for f in text if len(f) >= _MIN_LEN} | {f for f in encoded if len(f) >= _MIN_ENCODED}
 
 
+def url_patterns(value: str) -> list[re.Pattern[str]]:
+    """The percent-encoded forms of a secret (and of it stripped), longest first."""
+    vs = sorted({value, value.strip()}, key=len, reverse=True)
+    return [_url_pattern(v) for v in vs if len(v) >= _MIN_LEN]
+
+
 def add_secret(value: str | None) -> None:
     """Never print this value: every log line, error and status file is scrubbed of it."""
-    global _forms
+    global _known
     if not value or len(value) < _MIN_LEN:  # forms() drops any form that is too short
         return
     with _lock:
         if value in _secrets:
             return
         _secrets.add(value)
-        every = set(_forms) | forms(value)
-        _forms = tuple(sorted(every, key=len, reverse=True))
+        every = set(_known.forms) | forms(value)
+        patterns = [*_known.patterns, *url_patterns(value)]
+        _known = _Known(
+            tuple(sorted(every, key=len, reverse=True)),
+            tuple(sorted(patterns, key=_longest_first)),
+        )
+
+
+def _longest_first(p: re.Pattern[str]) -> int:
+    return -len(p.pattern)
 
 
 def redact(text: str) -> str:
-    for s in _forms:
+    known = _known
+    # percent-encoded forms first: a secret holding ``%`` is the head of its own ``%25``
+    if "%" in text or "+" in text:  # what only a percent-encoder writes
+        for p in known.patterns:
+            text = p.sub("***", text)
+    for s in known.forms:
         if s in text:
             text = text.replace(s, "***")
     return text

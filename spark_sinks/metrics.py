@@ -310,6 +310,7 @@ def _collector(snapshot: Snapshot) -> Any:
             yield CounterMetricFamily(
                 "spark_sinks_input_rejected", "Input items rejected", value=i["rejected"]
             )
+            yield _source_counters(i)
             yield CounterMetricFamily(
                 "spark_sinks_status_write_errors",
                 "Status file writes that failed",
@@ -317,6 +318,21 @@ def _collector(snapshot: Snapshot) -> Any:
             )
 
     return Collector()
+
+
+def _source_counters(i: dict[str, Any]) -> Any:
+    """One family for whatever the source counts of its own (``Source.counters()``): the
+    names differ from source to source, so they are a label, not metric names."""
+    from prometheus_client.core import CounterMetricFamily
+
+    fam = CounterMetricFamily(
+        "spark_sinks_source_events",
+        "Events the source counts of its own (Source.counters()), by counter name",
+        labels=["source", "counter"],
+    )
+    for counter, n in i.get("source", {}).items():
+        fam.add_metric([i.get("source_type", ""), counter], n)
+    return fam
 
 
 def serve_metrics(config: OperationsConfig, snapshot: Snapshot) -> Any:

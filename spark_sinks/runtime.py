@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import files
 from .assembly import Assembler
@@ -146,12 +146,44 @@ class Report:
         return EXIT_OK
 
 
+class _NotStarted(NamedTuple):
+    """A sink that could not start."""
+
+    why: str
+    since: int
+    """The pipeline's envelope count when it failed: every envelope after it is lost to
+    that sink."""
+
+
+class _Handover(NamedTuple):
+    """What a stopped instance left in its spool, for its successor in this run."""
+
+    file: Path
+    left: int
+
+
+class _Starting(NamedTuple):
+    """The sink whose open and connection check are running."""
+
+    name: str
+    context: SinkContext
+
+
 class Runtime:
     def __init__(self, config: Config, registry: Registry | None = None) -> None:
         self.config = config
         self.registry = registry
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
+        """Set by ``request_reload``; the pipeline thread applies it between batches."""
+        self._reloads = threading.RLock()
+        """Guards ``_stopping`` together with ``reload_requested``: ``request_reload`` (a
+        signal handler on the main thread, or the config watcher) against
+        ``_close_reloads`` (pipeline thread). Re-entrant: a second SIGHUP can interrupt the
+        handler of the first on the same thread."""
+        self._stopping = False
+        """Once set (by the pipeline thread, as the final flush begins), no reload is
+        applied any more."""
         self.dispatcher = Dispatcher()
         self.assembler = Assembler(config.machines, config.host, config.on_incomplete)
         self.rejects = Rejects(config.source.dead_letter)
@@ -163,13 +195,13 @@ class Runtime:
         thread) changes them while the reporter thread takes snapshots."""
         self._finished: dict[str, dict[str, Any]] = {}
         """Final counters of sink instances already stopped, by sink name (added up)."""
-        self._start_failures: dict[str, tuple[str, int]] = {}
-        """Sinks that could not start: the error, and the envelope count at that moment."""
-        self._handover: dict[str, tuple[Path, int]] = {}
-        """Spool file and envelopes a stopped instance left in it, for its successor."""
+        self._start_failures: dict[str, _NotStarted] = {}
+        """Sinks that could not start, by name."""
+        self._handover: dict[str, _Handover] = {}
+        """What a stopped instance left in its spool, by sink name."""
         self.stopped_by = ""
         """The signal that stopped the run, for messages."""
-        self._starting: tuple[str, SinkContext] | None = None
+        self._starting: _Starting | None = None
         """The sink whose open and check are running (pipeline thread writes, signal reads)."""
         self._busy = "the start-up"
         """What the pipeline thread is doing, for when a signal has to give up on it."""
@@ -189,7 +221,9 @@ class Runtime:
         for spec in enabled:
             if self.stop.is_set():
                 with self._lock:
-                    self._start_failures[spec.name] = (f"stopped by {self.stopped_by}", 0)
+                    self._start_failures[spec.name] = _NotStarted(
+                        f"stopped by {self.stopped_by}", 0
+                    )
                 continue
             try:
                 self.dispatcher.add(self._start(spec, self.config.host))
@@ -197,12 +231,12 @@ class Runtime:
                 if self.stop.is_set():
                     why = f"stopped by {self.stopped_by} during its start-up ({exc})"
                     with self._lock:
-                        self._start_failures[spec.name] = (why, 0)
+                        self._start_failures[spec.name] = _NotStarted(why, 0)
                     continue
                 if len(enabled) > 1:
                     log.error("%s; running without it (SIGHUP retries)", exc)
                 with self._lock:
-                    self._start_failures[spec.name] = (str(exc), 0)
+                    self._start_failures[spec.name] = _NotStarted(str(exc), 0)
             except SparkSinksError:  # e.g. a spool in use: refuse to start at all
                 for a in self.dispatcher.sinks:
                     self._retire(a)
@@ -210,7 +244,7 @@ class Runtime:
         if self.stop.is_set():
             return
         if enabled and not self.dispatcher.sinks:
-            raise SinkError("; ".join(msg for msg, _ in self._start_failures.values()))
+            raise SinkError("; ".join(f.why for f in self._start_failures.values()))
         if not enabled:
             log.warning("no sink is enabled: records are assembled and discarded")
         self.reporter.start()
@@ -220,7 +254,7 @@ class Runtime:
     def _start(self, spec: SinkSpec, host: str) -> ActiveSink:
         """``start_sink``, stoppable by a signal while it runs (see ``request_stop``)."""
         ctx = SinkContext(spec.name, host, spec.config.dead_letter)
-        self._starting = (spec.name, ctx)
+        self._starting = _Starting(spec.name, ctx)
         self._busy = f"sink {spec.name!r} to finish its start-up (open and connection check)"
         if self.stop.is_set():  # a signal that came just before _starting was set
             ctx.shutdown.set()
@@ -244,7 +278,7 @@ class Runtime:
             if now != last and now is not None:
                 last = now
                 log.info("config file changed: reloading")
-                self.reload_requested.set()
+                self.request_reload()
 
     def run(self) -> Report:
         """Run until the source ends or ``stop`` is set, then shut down."""
@@ -257,9 +291,27 @@ class Runtime:
                 source.run(self.pipeline, self.stop)
                 self.pipeline.emit(self.assembler.finish())
         finally:
-            self.pipeline.flush()
+            self.pipeline.flush()  # the last point where a requested reload is applied
+            self._close_reloads()
             self.shutdown()
         return self.report()
+
+    def request_reload(self) -> None:
+        """SIGHUP or a changed config file: applied between batches while the run still
+        delivers; once it stops (end of input or a signal), one line says it is not."""
+        with self._reloads:
+            if self._stopping:
+                log.warning("reload requested while stopping: not applied")
+            else:
+                self.reload_requested.set()
+
+    def _close_reloads(self) -> None:
+        """The final flush begins: a reload would restart sinks being stopped."""
+        with self._reloads:
+            self._stopping = True
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                log.warning("reload requested while stopping: not applied")
 
     def request_stop(self, by: str = "a signal") -> None:
         """A first signal: the source stops, and no sink waits for buffer space any more;
@@ -270,8 +322,8 @@ class Runtime:
             a.sink.context.shutdown.set()
         starting = self._starting
         if starting is not None:
-            starting[1].shutdown.set()
-            starting[1].stopping.set()
+            starting.context.shutdown.set()
+            starting.context.stopping.set()
 
     def force(self) -> None:
         """A second signal: stop waiting on retries and flushes."""
@@ -293,7 +345,7 @@ class Runtime:
         if starting is not None:
             why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
             with self._lock:
-                self._start_failures[starting[0]] = (why, self.pipeline.envelopes)
+                self._start_failures[starting.name] = _NotStarted(why, self.pipeline.envelopes)
         if self.config.operations.status_file:
             self._final_report()
         report = self.report()
@@ -336,7 +388,7 @@ class Runtime:
             # the same name ran before a reload: add the runs up
             self._finished[a.name] = snap if prev is None else add_up(prev, snap)
             if isinstance(spool, Spool) and spool.left:
-                self._handover[a.name] = (spool.file, spool.left)
+                self._handover[a.name] = _Handover(spool.file, spool.left)
 
     def _adopt(self, active: ActiveSink) -> None:
         """A sink that replays what its predecessor in this run left in the same spool
@@ -344,14 +396,13 @@ class Runtime:
         over instead of being counted twice."""
         spool = getattr(active.sink, "spool", None)
         with self._lock:
-            left = self._handover.pop(active.name, None)
+            handover = self._handover.pop(active.name, None)
             prev = self._finished.get(active.name)
-            if left is None or prev is None or not isinstance(spool, Spool):
+            if handover is None or prev is None or not isinstance(spool, Spool):
                 return
-            file, n = left
-            if file != spool.file:
+            if handover.file != spool.file:
                 return
-            moved = min(n, spool.replayed, prev["pending"])
+            moved = min(handover.left, spool.replayed, prev["pending"])
             prev["accepted"] -= moved
             prev["pending"] -= moved
             # they were counted as accepted or replayed by the predecessor already
@@ -383,6 +434,7 @@ class Runtime:
                 "incomplete_dropped": self.assembler.incomplete_dropped,
                 "incomplete_emitted": self.assembler.incomplete_emitted,
                 "source": self._source_counters(),
+                "source_type": self.config.source.type,
             },
             "sinks": sinks,
         }
@@ -410,16 +462,16 @@ class Runtime:
             incomplete_emitted=self.assembler.incomplete_emitted,
             source=self._source_counters(),
             sinks=sinks,
-            not_started={name: msg for name, (msg, _) in self._start_failures.items()},
+            not_started={name: f.why for name, f in self._start_failures.items()},
         )
 
     def _missed(self, name: str) -> dict[str, Any]:
         """Counters of a sink that was not running: everything in between is lost to it.
         The caller holds ``_lock``."""
-        msg, since = self._start_failures[name]
-        n = self.pipeline.envelopes - since
+        failure = self._start_failures[name]
+        n = self.pipeline.envelopes - failure.since
         snap: dict[str, Any] = {k: 0 for k in SinkStats.FIELDS}
-        snap.update(accepted=n, failed=n, last_error=msg)
+        snap.update(accepted=n, failed=n, last_error=failure.why)
         prev = self._finished.get(name)
         return snap if prev is None else add_up(prev, snap)
 
@@ -432,7 +484,8 @@ class Runtime:
             a.inlet.post(partial(a.call, "machines_retired", a.sink.machines_retired, names))
 
     def _between_batches(self) -> None:
-        if self.reload_requested.is_set():
+        # stopped by a signal: the source's last batches are not the time to restart sinks
+        if self.reload_requested.is_set() and not self.stop.is_set():
             self.reload_requested.clear()
             self.reload()
 
@@ -533,7 +586,7 @@ class Runtime:
                 log.error("reload: %s", exc)
                 with self._lock:
                     if name not in self._start_failures:
-                        self._start_failures[name] = (str(exc), self.pipeline.envelopes)
+                        self._start_failures[name] = _NotStarted(str(exc), self.pipeline.envelopes)
                 continue
             self._adopt(active)
             with self._lock:

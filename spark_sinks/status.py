@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +30,10 @@ MAX_BYTES = 16 * 1024 * 1024
 """A status file is a few kB per sink; anything this large is not one."""
 MAX_EPOCH = 253_402_300_799.0
 """9999-12-31T23:59:59Z: a time beyond it (or before 1970) is no status file's."""
+
+
+_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+"""A source type or counter name as the status file may hold it."""
 
 
 class _Model(BaseModel):
@@ -59,6 +64,12 @@ class SinkStatus(_Model):
 class InputStatus(_Model):
     items: int = Field(ge=0)
     rejected: int = Field(ge=0)
+    # names are printed in a line of their own: a damaged file must not add lines
+    source: dict[Annotated[str, Field(pattern=_NAME)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """The source's own counters (``Source.counters()``)."""
+    source_type: str = Field("source", pattern=_NAME)
 
 
 class StatusFile(_Model):
@@ -114,6 +125,17 @@ def _counts(s: SinkStatus) -> str:
 
 
 def verdict(snap: StatusFile, now: float | None = None) -> Verdict:
+    """The verdict; the source's own counters, if it has any, on the line after the
+    headline."""
+    v = _verdict(snap, now)
+    i = snap.input
+    if i.source:
+        counts = ", ".join(f"{n} {name}" for name, n in i.source.items())
+        v.lines.insert(1, f"source {i.source_type}: {counts}")
+    return v
+
+
+def _verdict(snap: StatusFile, now: float | None) -> Verdict:
     now = time.time() if now is None else now
     interval = snap.interval or 60.0
     age = now - snap.time

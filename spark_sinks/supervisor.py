@@ -47,7 +47,7 @@ class Phase(enum.Enum):
 class Supervisor:
     """Shared between the main thread (signal handlers, the bounded wait) and the pipeline
     thread. ``runtime`` and ``phase`` are written by the pipeline thread only; ``stop``,
-    ``force`` and ``signals`` by the main thread only."""
+    ``force``, ``signals`` and ``hup_pending`` by the main thread only."""
 
     body: Callable[[Supervisor], Report]
     summarise: Callable[[Report], None]
@@ -57,6 +57,8 @@ class Supervisor:
     stop: threading.Event = field(default_factory=threading.Event)
     force: threading.Event = field(default_factory=threading.Event)
     signals: int = 0
+    hup_pending: bool = False
+    """A SIGHUP came (maybe before the runtime existed: ``adopt`` passes it on)."""
     stopped_by: str = ""
     _stopped_at: float = 0.0
     _result: Report | None = None
@@ -66,6 +68,10 @@ class Supervisor:
         """The pipeline thread has built its runtime: from now on signals go to it."""
         self.runtime = runtime
         runtime.stopped_by = self.stopped_by
+        # a SIGHUP while the config was loading may postdate the file read: re-read it.
+        # (The handler sets hup_pending before reading runtime: one of the two sees it.)
+        if self.hup_pending:
+            runtime.request_reload()
         self.phase = Phase.STARTING
         if self.stop.is_set():
             runtime.request_stop(self.stopped_by)
@@ -78,9 +84,10 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.hup_pending = True
         runtime = self.runtime
         if runtime is not None:
-            runtime.reload_requested.set()
+            runtime.request_reload()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1

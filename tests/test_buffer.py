@@ -250,8 +250,10 @@ def test_a_stuck_sink_holds_up_neither_another_sink_nor_the_source():
     t0 = time.monotonic()
     for i in range(20):
         d.dispatch(envs(10, i * 10))
-    wait_for(lambda: len(fine.sink.got) == 200, timeout=5)
-    assert time.monotonic() - t0 < 2
+    wait_for(lambda: len(fine.sink.got) == 200, timeout=10)
+    # The stuck sink never moves until the end, so holding up would be for ever; the bound
+    # only has to catch a wait of a quarter second per batch, and leaves a loaded machine room.
+    assert time.monotonic() - t0 < 5
     assert fine.sink.got == list(range(200))
     assert stuck.stats.dropped > 0
     stuck.sink.gate.set()
@@ -323,7 +325,7 @@ def test_stop_abandons_a_write_that_never_returns_within_flush_timeout(caplog):
     assert a.inlet.begin_stop(a.flush_timeout)() is False
     took = time.monotonic() - t0
     try:
-        assert took < 0.5 + GRACE + 0.3, took
+        assert took < 0.5 + GRACE + 1.0, took  # the hung write would be for ever; 1 s: load
         s = identity(a)
         assert (s["accepted"], s["delivered"], s["pending"]) == (7, 0, 7)
         assert "did not finish within its flush_timeout of 0.5s" in caplog.text

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import yaml
 
+from spark_sinks.supervisor import SHUTDOWN_GRACE
 from tests.plugins import HERE, SPARK_SINKS, environ, install
 from tests.support.streams import new_stream, shard_records
 
@@ -203,7 +204,9 @@ def test_a_sink_stuck_in_write_forever_does_not_hold_up_shutdown(tmp_path, slow_
     took = time.monotonic() - t0
     text = (tmp_path / "stderr").read_text()
     out = (tmp_path / "stdout").read_bytes()
-    assert took < flush_timeout + 2.5, f"{ending}: shutdown took {took:.1f}s"
+    # the documented bound (the longest flush_timeout plus SHUTDOWN_GRACE), plus 2 s for a
+    # loaded machine to deliver the signal and end the process
+    assert took < flush_timeout + SHUTDOWN_GRACE + 2.0, f"{ending}: shutdown took {took:.1f}s"
     assert proc.returncode == 1, text
     assert len(out.splitlines()) == 104  # the other sink delivered everything
     assert "sink 'stuck' (slow from spark-sinks-slow) did not finish within its flush_timeout" in (

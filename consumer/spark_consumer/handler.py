@@ -17,7 +17,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from aws_lambda_powertools.utilities.batch import (
@@ -172,27 +172,50 @@ def _payload(data: Any) -> bytes:
         raise BadRecord(f"data is not base64: {exc}") from None
 
 
-_cached: tuple[tuple[str | None, ...], Consumer] | None = None
+class _Settings(NamedTuple):
+    """What the consumer is built from: a change (between tests, or a new configuration
+    in a warm container) builds a new one."""
+
+    data_table: str
+    metadata_table: str
+    concurrency: str
+    endpoint_url: str | None
+    region: str | None
+
+    @classmethod
+    def from_env(cls) -> _Settings:
+        env = os.environ.get
+        return cls(
+            data_table=env(DATA_TABLE_ENV) or DEFAULT_DATA_TABLE,
+            metadata_table=env(METADATA_TABLE_ENV) or DEFAULT_METADATA_TABLE,
+            concurrency=env(CONCURRENCY_ENV) or str(DEFAULT_CONCURRENCY),
+            endpoint_url=env("AWS_ENDPOINT_URL"),
+            region=env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+        )
+
+
+class _Built(NamedTuple):
+    settings: _Settings
+    consumer: Consumer
+
+
+_cached: _Built | None = None
 
 
 def consumer_from_env() -> Consumer:
     """The consumer for the current environment, built once per Lambda container."""
     global _cached
-    key = (
-        os.environ.get(DATA_TABLE_ENV) or DEFAULT_DATA_TABLE,
-        os.environ.get(METADATA_TABLE_ENV) or DEFAULT_METADATA_TABLE,
-        os.environ.get(CONCURRENCY_ENV) or str(DEFAULT_CONCURRENCY),
-        os.environ.get("AWS_ENDPOINT_URL"),
-        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-    )
-    if _cached is None or _cached[0] != key:
+    settings = _Settings.from_env()
+    if _cached is None or _cached.settings != settings:
         logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-        concurrency = int(key[2])
-        store = Store.connect(key[0], key[1], max_connections=concurrency)
+        concurrency = int(settings.concurrency)
+        store = Store.connect(
+            settings.data_table, settings.metadata_table, max_connections=concurrency
+        )
         if _cached is not None:
-            _cached[1].pool.shutdown(wait=False)
-        _cached = (key, Consumer(store, concurrency))
-    return _cached[1]
+            _cached.consumer.pool.shutdown(wait=False)
+        _cached = _Built(settings, Consumer(store, concurrency))
+    return _cached.consumer
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

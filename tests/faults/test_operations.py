@@ -62,7 +62,14 @@ def good_status(now: float) -> dict[str, Any]:
     }
     return {
         "pid": 4242,
-        "input": {"items": 10, "envelopes": 10, "rejected": 0, "incomplete_dropped": 0},
+        "input": {
+            "items": 10,
+            "envelopes": 10,
+            "rejected": 0,
+            "incomplete_dropped": 0,
+            "source": {"rebirth_requests": 1, "acknowledged_early": 0},
+            "source_type": "mqtt",
+        },
         "sinks": {"out": sink},
         "time": now,
         "interval": 5.0,
@@ -188,6 +195,18 @@ def test_status_of_many_damaged_files_in_process(tmp_path, content):
         (b'{"pid": 1}', "time: required key is missing"),
         (orjson.dumps({**good_status(0), "sinks": {"out": {"accepted": "10"}}}), "sinks.out"),
         (orjson.dumps({**good_status(0), "pid": True}), "pid: Input should be a valid integer"),
+        (
+            orjson.dumps(
+                good_status(0) | {"input": {"items": 1, "rejected": 0, "source": {"x": -1}}}
+            ),
+            "input.source.x: Input should be greater than or equal to 0",
+        ),
+        (
+            orjson.dumps(
+                good_status(0) | {"input": {"items": 1, "rejected": 0, "source_type": "a\nOK: b"}}
+            ),
+            "input.source_type: String should match pattern",
+        ),
         # before: "STALE: ...; last status 1000000000000000010979063629440455417404923096773
         # (300 digits)s ago"; a time outside the years 1970 to 9999 is no status file's
         (orjson.dumps({**good_status(-1e308)}), "time: Input should be greater than or equal"),

@@ -335,6 +335,48 @@ def test_sigterm_during_a_final_flush_that_never_returns(hang_site, tmp_path, ru
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["end of input", "SIGTERM"])
+def test_a_sighup_while_the_run_stops_is_not_applied_and_says_so(hang_site, tmp_path, runs, ending):
+    """The input has ended (or SIGTERM came) and the sinks are in their final flush: a
+    reload would restart sinks that are being stopped, so it is not applied, and one line
+    says so. Before: the SIGHUP was dropped without a word."""
+    sinks = {"stuck": hang_sink(tmp_path, "flush", flush_timeout=2), "out": {"type": "stdout"}}
+    cfg = config(tmp_path, sinks)
+    run = runs(tmp_path, cfg, environ(hang_site))
+    run.feed(LINE * 3, close=ending == "end of input")
+    if ending == "SIGTERM":
+        wait_for(reached(tmp_path, "write"), run.proc)
+        run.proc.send_signal(signal.SIGTERM)
+    wait_for(reached(tmp_path, "flush"), run.proc)  # the final flush has begun, and hangs
+    config(tmp_path, {**sinks, "more": {"type": "stdout"}})  # the edit
+    run.proc.send_signal(signal.SIGHUP)
+    run.proc.wait(30)
+    err = run.stderr
+    assert err.count("reload requested while stopping: not applied") == 1, err
+    assert "reload applied" not in err and "sink 'more'" not in err, err
+    assert "input: 3 items" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_a_sighup_as_the_input_ends_is_applied_or_said_not_to_be(tmp_path, runs):
+    """A SIGHUP and the end of input at the same moment: whichever comes first, the edit
+    is applied (the run is still delivering) or one line says it is not; never silence."""
+    sinks = {"out": {"type": "stdout"}}
+    cfg = config(tmp_path, sinks)
+    run = runs(tmp_path, cfg, environ())
+    run.feed(LINE * 3)
+    wait_for(lambda: run.stdout_lines() == 6, run.proc)  # 3 metadata, 3 records
+    config(tmp_path, {**sinks, "more": {"type": "stdout"}})  # the edit
+    run.proc.send_signal(signal.SIGHUP)
+    run.feed(b"", close=True)
+    assert run.proc.wait(30) == 0, run.stderr
+    err = run.stderr
+    applied = err.count("reload applied")
+    refused = err.count("reload requested while stopping: not applied")
+    assert applied + refused == 1, err
+
+
 def test_a_second_signal_stops_waiting_at_once(hang_site, tmp_path, runs):
     sinks = {"stuck": hang_sink(tmp_path, "flush", flush_timeout=300)}
     run = runs(tmp_path, config(tmp_path, sinks), environ(hang_site))

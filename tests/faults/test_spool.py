@@ -77,8 +77,7 @@ def test_a_full_disk_makes_the_source_wait_and_delivery_resumes_without_loss(
     cfg = write_config(tmp_path, {"cloud": spooled(stream, proxy.url, small_disk / "spool")})
     proc = start(cfg)
     err = StderrLines(proc)
-    # The check passes first: without the shard map, several lanes share a shard, and
-    # moto then loses concurrent writes (seen with and without this change).
+    # the sink starts (its connection check) before the endpoint goes down
     wait_until(lambda: err.find("ready:"), what="the sink to be ready")
     proxy.refuse_connections(True)  # the endpoint is down: everything goes to the spool
     assert proc.stdin is not None

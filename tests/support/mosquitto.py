@@ -375,6 +375,8 @@ class Client:
         self._messages: list[Received] = []
         self._connected = threading.Event()
         self._refused: str | None = None
+        self.topics: list[str] = []
+        """The filters subscribed to, in order."""
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_message = self._on_message
 
@@ -404,6 +406,7 @@ class Client:
         self._mqtt.subscribe(topic, qos)
         if not done.wait(10):
             raise TimeoutError(f"no SUBACK for {topic!r}")
+        self.topics.append(topic)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait until the broker has it (PUBACK at QoS 1)."""

@@ -23,12 +23,11 @@ proxy does the same::
   keys that were in two requests at the same time (a sender that keeps each key's
   order never does that).
 
-Two helps for a resharding on moto, which is not safe against concurrent writes to one
-shard (two puts can take the same sequence number, and one record is lost; Kinesis has no
-such problem). After a split moto keeps writing the children's keys to the closed parent,
-so two lanes that now write two children write one moto shard at once:
-``serialize=True`` forwards one request at a time. And ``with proxy.hold(): ...`` keeps
-requests waiting (none is in moto meanwhile) while its SplitShard moves a shard's records.
+For a resharding on moto: ``with proxy.hold(): ...`` keeps requests waiting (none is in
+moto meanwhile) while its SplitShard moves a shard's records, which moto does not guard
+against concurrent puts. Concurrent puts to one shard (after a split moto keeps writing the
+children's keys to the closed parent) need nothing here: the tests' moto stores one record
+at a time (``moto_main.py``).
 
 Every other fault of ``FaultProxy`` (errors, resets, slow answers) can be dialled in on
 top with ``set_faults``; its ``partial`` share is not used here.
@@ -77,7 +76,6 @@ class ThrottleProxy(FaultProxy):
         records_per_second: int = 1000,
         bytes_per_second: int = MiB,
         refresh_seconds: float = 0.5,
-        serialize: bool = False,
     ) -> None:
         super().__init__(upstream)
         self.records_per_second = records_per_second
@@ -107,7 +105,6 @@ class ThrottleProxy(FaultProxy):
         """Owns ``_held`` and ``_inside``."""
         self._held = False
         self._inside = 0
-        self._one_at_a_time = threading.Lock() if serialize else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -130,8 +127,7 @@ class ThrottleProxy(FaultProxy):
             self._inside += 1
         self._mine.shards, self._mine.keys = set(), set()
         try:
-            with self._one_at_a_time:
-                super()._handle(h, method)
+            super()._handle(h, method)
         finally:
             with self._budget_lock:
                 self._in_flight.subtract(self._mine.shards)

@@ -273,9 +273,9 @@ def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
     )
     # the registry is global: start from nothing and leave it as it was, forms included (a
     # password's forms left behind redacted words of later tests' messages, such as 'bytes')
-    saved, forms = set(logs._secrets), logs._forms
+    saved, known = set(logs._secrets), logs._known
     logs._secrets.clear()
-    logs._forms = ()
+    logs._known = logs._Known((), ())
     try:
         for secret in access.proxy_secrets(url):
             logs.add_secret(secret)
@@ -283,7 +283,7 @@ def test_a_proxy_password_is_redacted_in_every_form_it_can_take(password, user):
     finally:
         logs._secrets.clear()
         logs._secrets.update(saved)
-        logs._forms = forms
+        logs._known = known
     for form in (password, quoted, base64.b64encode(pair.encode()).decode()):
         assert form not in redacted
     assert "http://***@proxy.plant.example:3128" in redacted

@@ -97,7 +97,9 @@ def test_a_flush_sends_a_partial_batch_at_once(moto, proxy, make_stream):
     sink.write(_envelopes(7))
     t0 = time.monotonic()
     sink.flush(5)
-    assert time.monotonic() - t0 < 1.0
+    # not the 10 s linger; a generous bound, since one request on a loaded machine can take
+    # well over a second
+    assert time.monotonic() - t0 < 5.0
     assert sink.stats.delivered == 7
     sink.close()
 

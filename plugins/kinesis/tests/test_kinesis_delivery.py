@@ -257,7 +257,7 @@ def test_a_second_signal_ends_the_flush_at_once_and_reports_what_is_left(
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 10.0  # at once: not the 60 s flush_timeout
     assert proc.returncode == 1
     text = err.decode()
     assert "22 accepted, 0 delivered; 22 NOT delivered (22 pending)" in text

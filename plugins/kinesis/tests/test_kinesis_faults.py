@@ -149,12 +149,13 @@ def test_flush_returns_at_its_deadline_and_on_stopping(moto, proxy, make_stream)
     sink.write(_envelopes(100))
     t0 = time.monotonic()
     sink.flush(0.5)
-    assert 0.4 < time.monotonic() - t0 < 2.0
+    # at its deadline: never before, and not much after (3 s: a loaded machine's slack)
+    assert 0.4 < time.monotonic() - t0 < 3.5
     assert sink._buf.pending == 100 and sink.stats.delivered == 0 and sink.stats.retried > 0
     threading.Timer(0.3, sink.context.stopping.set).start()
     t0 = time.monotonic()
     sink.flush(60)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10.0  # stopping ended it: not its 60 s deadline
     sink.close()
     assert sink.stats.delivered == 0
 

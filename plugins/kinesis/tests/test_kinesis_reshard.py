@@ -100,7 +100,7 @@ def test_records_follow_a_resharding_without_loss_and_in_order(
     # the sink's own shard limits keep its queues deep; the proxy refuses nothing
     limits = {"records_per_second": 100, "bytes_per_second": 24 * 1024}
     unlimited = {"records_per_second": 10_000, "bytes_per_second": 2**30}
-    with ThrottleProxy(moto.url, **unlimited, serialize=True) as proxy:
+    with ThrottleProxy(moto.url, **unlimited) as proxy:
         sink = open_sink(
             proxy.url,
             stream,
@@ -121,7 +121,7 @@ def test_aggregates_follow_a_resharding_in_exact_order_under_throttling(moto, ki
     stream = make_stream(4)
     n = 3_000
     limits = {"records_per_second": 100, "bytes_per_second": 16 * 1024}
-    with ThrottleProxy(moto.url, **limits, serialize=True) as proxy:
+    with ThrottleProxy(moto.url, **limits) as proxy:
         # the sink believes in more than the proxy gives: throttling all along
         sink = open_sink(
             proxy.url,
@@ -150,9 +150,7 @@ class ClosedShardProxy(ThrottleProxy):
     write, on the first shard, open or closed, whose range holds the key."""
 
     def __init__(self, upstream: str, code: str, whole_request: bool = False) -> None:
-        super().__init__(
-            upstream, records_per_second=10_000, bytes_per_second=2**30, serialize=True
-        )
+        super().__init__(upstream, records_per_second=10_000, bytes_per_second=2**30)
         self.code = code
         self.whole_request = whole_request
         self._state = threading.Lock()

@@ -18,6 +18,7 @@ from pydantic import (
 from spark_sinks_sparkplug.codec import check_id
 
 from spark_sinks import MAX_SECONDS, SinkConfig
+from spark_sinks.show import show
 
 TOPIC_FIELDS = frozenset({"host", "machine", "type"})
 DEFAULT_TOPIC = "spark/{host}/{machine}/{type}"
@@ -64,6 +65,10 @@ class MqttSinkConfig(SinkConfig):
     group_id: str = "spark"
     edge_node_id: str | None = None
     """Sparkplug edge node ID; default: the gateway's ``host``."""
+    primary_host_id: str | None = None
+    """Sparkplug: the host id of the Primary Host Application (Sparkplug 3.0). The edge node
+    then publishes its births, and data, only while that host's STATE says online; on an
+    offline STATE it publishes its NDEATH, disconnects and waits for online again."""
     aliases: bool = False
     """Sparkplug: each DBIRTH metric gets an alias (unique across the edge node) and DDATA
     names metrics by alias only: smaller messages; the host must have seen the births."""
@@ -81,15 +86,15 @@ class MqttSinkConfig(SinkConfig):
         try:
             fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
         except ValueError as exc:
-            raise ValueError(f"topic template {v!r} is malformed: {exc}") from None
+            raise ValueError(f"topic template {show(v)} is malformed: {exc}") from None
         unknown = sorted(set(fields) - TOPIC_FIELDS)
         if unknown:
             raise ValueError(
-                f"topic template {v!r} uses {{{unknown[0]}}}; "
+                f"topic template {show(v)} uses {{{unknown[0]}}}; "
                 "only {host}, {machine} and {type} are known"
             )
         if any(c in v for c in "+#\0") or not v:
-            raise ValueError(f"topic template {v!r} contains a wildcard (+, #) or NUL")
+            raise ValueError(f"topic template {show(v)} contains a wildcard (+, #) or NUL")
         return v
 
     @field_validator("password")
@@ -99,10 +104,18 @@ class MqttSinkConfig(SinkConfig):
             raise ValueError("password is set but username is not")
         return v
 
-    @field_validator("group_id", "edge_node_id")
+    @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod
     def _sparkplug_id(cls, v: str | None) -> str | None:
         return v if v is None else check_id(v, "the ID")
+
+    @field_validator("primary_host_id")
+    @classmethod
+    def _for_sparkplug(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("format") != "sparkplug_b":
+            raise ValueError("a Primary Host Application is a Sparkplug setting: it needs"
+                             " format: sparkplug_b")  # fmt: skip
+        return v
 
     @field_validator("reconnect_max_delay")
     @classmethod

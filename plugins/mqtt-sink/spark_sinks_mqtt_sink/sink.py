@@ -18,6 +18,13 @@ Data flow::
   is needed for every CONNECT.
 * Reconnects back off exponentially (``reconnect_min_delay`` .. ``reconnect_max_delay``)
   with jitter: each wait is drawn between half and all of the current delay.
+* Sparkplug with ``primary_host_id``: after CONNACK the edge node subscribes to the host's
+  STATE and publishes nothing (envelopes wait in the queue, counted pending) until a STATE
+  says online; then births, then the queue. An offline STATE newer than the last one
+  accepted makes it publish its NDEATH and disconnect (what was unacknowledged goes back
+  to the queue), and the next connection waits for online again.
+* Only a connection's network thread (``_network``) writes to its socket: ``publish``
+  queues the packet (see ``_network_thread_writes``), so envelopes leave in publish order.
 * paho calls back on its network thread while holding its own locks; callbacks only put
   PUBACKs on ``_acks`` and other events on ``_events``, so they never wait for ``_lock``
   (which ``write`` holds while it calls into paho). The control thread takes the PUBACKs
@@ -40,6 +47,9 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from spark_sinks_sparkplug import codec
+from spark_sinks_sparkplug.broker import why_unreachable
+from spark_sinks_sparkplug.codec import SparkplugError
+from spark_sinks_sparkplug.state import parse_state, state_topic
 
 from spark_sinks import Envelope, Sink, SinkContext, SinkError
 
@@ -78,7 +88,14 @@ class _Command(NamedTuple):
     payload: bytes
 
 
-_Event = _Connack | _Lost | _Command
+class _State(NamedTuple):
+    """A STATE message of the Primary Host Application."""
+
+    gen: int
+    payload: bytes
+
+
+_Event = _Connack | _Lost | _Command | _State
 
 
 class _Retire(NamedTuple):
@@ -116,6 +133,8 @@ class MqttSink(Sink):
         self._conn: _Connection | None = None
         self._ready = False
         """Connected, births sent and the queue drained: write may publish directly."""
+        self._born = False
+        """The current connection may carry data: Sparkplug births sent on it (JSON: always)."""
         self._suspect: Envelope | None = None
         self._suspect_losses = 0
         self._edge = EdgeNode(config, context.host) if config.format == "sparkplug_b" else None
@@ -133,7 +152,11 @@ class MqttSink(Sink):
         self._attempts = 0
         self._last_error = ""
         self._last_log = 0.0
+        self._host_time: int | None = None
+        """Timestamp of the newest Primary Host STATE accepted."""
         self._client_id = config.client_id or f"spark-sinks-{context.host}-{context.name}"
+        host = config.primary_host_id
+        self._state_topic = state_topic(host) if host is not None else None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -190,6 +213,9 @@ class MqttSink(Sink):
         if left:
             why = "stopped" if self.context.stopping.is_set() else "flush deadline"
             state = "connected" if self._ready else f"not connected: {self._last_error}"
+            if self._conn is not None and not self._born:
+                state = f"connected, waiting for primary host {self.config.primary_host_id!r}"
+                state += " to be online"
             self.log.warning("%s: %d envelopes not yet acknowledged by the broker (%s)",
                              why, left, state)  # fmt: skip
 
@@ -211,8 +237,9 @@ class MqttSink(Sink):
             self._control.join(10)
         with self._lock:
             conn, self._conn, self._ready = self._conn, None, False
+            born, self._born = self._born, False
         if conn is not None:
-            self._hang_up(conn, farewell=True)
+            self._hang_up(conn, farewell=born)
 
     # -- publishing (caller holds _lock) --------------------------------------------------
 
@@ -317,7 +344,7 @@ class MqttSink(Sink):
         for ev in events:
             self._handle(ev, dead, skipped)
         with self._lock:
-            if self._conn is not None and not self._ready and not self._inflight:
+            if self._conn is not None and self._born and not self._ready and not self._inflight:
                 self._drain(self._conn, dead, skipped)  # the next one, or all once cleared
         self._settle(dead, acked + skipped)
         return bool(acked)
@@ -340,26 +367,60 @@ class MqttSink(Sink):
                 poisoned = self._drop(conn, ev.reason)
                 if poisoned is not None:
                     dead.append(poisoned)
+            elif isinstance(ev, _State):
+                self._host_state(conn, ev.payload, dead, skipped)
             elif (
                 isinstance(ev, _Command)
                 and self._edge is not None
+                and self._born  # no births before the primary host is online
                 and codec.is_rebirth_request(ev.payload)
             ):
                 self.log.info("rebirth requested (NCMD): publishing NBIRTH and DBIRTHs")
                 self._births(conn)
 
-    def _drop(self, conn: _Connection, reason: str) -> tuple[Envelope, str] | None:
+    def _host_state(
+        self,
+        conn: _Connection,
+        payload: bytes,
+        dead: list[tuple[Envelope, str]],
+        skipped: list[Envelope],
+    ) -> None:
+        """The Primary Host Application's STATE (lock held): online lets the births and the
+        queue go; offline, once born, ends the session (see the module docstring)."""
+        host = self.config.primary_host_id
+        try:
+            state = parse_state(payload)
+        except SparkplugError as exc:
+            self._error(f"primary host {host!r}: {exc}; ignored")
+            return
+        if self._host_time is not None and state.timestamp < self._host_time:
+            self.log.info("primary host %r: STATE older than the last one, ignored", host)
+            return
+        self._host_time = state.timestamp
+        if state.online and not self._born:
+            self.log.info("primary host %r is online: publishing NBIRTH and DBIRTHs", host)
+            self._births(conn)
+            self._drain(conn, dead, skipped)
+        elif not state.online and self._born:
+            assert self._edge is not None
+            death = self._edge.death()  # before the DISCONNECT, as an intentional one
+            conn.client.publish(death.topic, death.payload, death.qos)
+            self._drop(conn, f"primary host {host!r} is offline: NDEATH published", blame=False)
+
+    def _drop(
+        self, conn: _Connection, reason: str, blame: bool = True
+    ) -> tuple[Envelope, str] | None:
         """The connection is gone: requeue what it did not get acknowledged (lock held).
         Returns an envelope to dead-letter, with the reason, when it looks like the cause
-        (see ``POISON_LOSSES``)."""
+        (see ``POISON_LOSSES``; not when we ended the connection: ``blame`` false)."""
         if self._conn is not conn:
             return None
-        self._conn, self._ready = None, False
+        self._conn, self._ready, self._born = None, False, False
         conn.stop.set()
         unacked = list(self._inflight.values())
         self._inflight.clear()
         poisoned = None
-        if unacked:
+        if unacked and blame:
             head = unacked[0]
             if head is self._suspect:
                 self._suspect_losses += 1
@@ -376,9 +437,8 @@ class MqttSink(Sink):
         self._queue.extendleft(reversed(unacked))
         if unacked:
             self.stats.add("retried", len(unacked))
-        self._error(
-            f"connection lost: {reason}; {len(unacked)} unacknowledged envelopes will be sent again"
-        )
+        what = "connection lost" if blame else "disconnected"
+        self._error(f"{what}: {reason}; {len(unacked)} unacknowledged envelopes will be sent again")
         return poisoned
 
     def _connect(self) -> None:
@@ -411,7 +471,8 @@ class MqttSink(Sink):
         try:
             client.connect(self.config.host, self.config.effective_port, self.config.keepalive)
         except (OSError, ValueError) as exc:
-            self._error(_describe(exc))
+            tls = self.config.tls
+            self._error(why_unreachable(exc, self.config.host, tls.ca_file if tls else None))
             return None
         if self._edge is not None:
             with self._lock:
@@ -428,10 +489,17 @@ class MqttSink(Sink):
         skipped: list[Envelope] = []
         with self._lock:
             self._conn = conn
+            self._born = self._edge is None
             if self._edge is not None:
                 conn.client.subscribe(self._edge.topic(codec.NCMD), qos=1)
-                self._births(conn)
-            self._drain(conn, dead, skipped)
+                if self._state_topic is None:
+                    self._births(conn)
+                else:  # the retained STATE answers at once, if the host ever published
+                    conn.client.subscribe(self._state_topic, qos=1)
+                    self.log.info("waiting for primary host %r to be online (%s)",
+                                  self.config.primary_host_id, self._state_topic)  # fmt: skip
+            if self._born:
+                self._drain(conn, dead, skipped)
         self._settle(dead, skipped)
 
     def _drain(
@@ -479,6 +547,7 @@ class MqttSink(Sink):
         assert self._edge is not None
         for m in self._edge.birth():
             conn.client.publish(m.topic, m.payload, m.qos, m.retain)
+        self._born = True
 
     def _new_client(self, gen: int) -> mqtt.Client:
         client = mqtt.Client(
@@ -494,6 +563,12 @@ class MqttSink(Sink):
         # PUBACK (``_update_inflight``), most of the network thread's time at 1000 in flight.
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
+        # Only the connection's network thread writes to the socket. Without this hook paho
+        # writes from publish() on the caller's thread too, with no lock: two threads each
+        # pop a packet and send it, and the later one can reach the socket first (envelopes
+        # reordered on one connection; a partial send would interleave their bytes).
+        # With the hook set paho only queues the packet and wakes ``loop``, which writes.
+        client.on_socket_register_write = _network_thread_writes
         client.connect_timeout = self.config.connect_timeout
         self._identify(client)
         if self._edge is not None:
@@ -520,7 +595,7 @@ class MqttSink(Sink):
 
     def _route_callbacks(self, client: mqtt.Client, gen: int) -> None:
         """paho's callbacks only queue what happened, tagged with the connection's ``gen``."""
-        events, acks = self._events, self._acks
+        events, acks, state = self._events, self._acks, self._state_topic
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
             refused = f"the broker refused the connection: {reason}" if reason.is_failure else None
@@ -530,7 +605,8 @@ class MqttSink(Sink):
             acks.append(_Ack(gen, mid))
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
-            events.put(_Command(gen, bytes(msg.payload)))
+            kind = _State if state is not None and msg.topic == state else _Command
+            events.put(kind(gen, bytes(msg.payload)))
 
         client.on_connect = on_connect
         client.on_publish = on_publish
@@ -586,13 +662,5 @@ class MqttSink(Sink):
                     raise SinkError(f"tls.{key} {str(path)!r}: {exc.strerror}") from None
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the broker's certificate is not trusted: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running on that port?)"
-    if isinstance(exc, TimeoutError | OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}"
+def _network_thread_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's "socket wants writing" hook: nothing to do, ``_network``'s ``loop`` writes."""

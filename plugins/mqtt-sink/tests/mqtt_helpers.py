@@ -116,18 +116,25 @@ def seq_numbers(payloads: list[bytes]) -> list[int]:
     return out
 
 
-def settled(
-    client: Client, quiet: float = 0.3, limit: float = 30.0, at_least: int = 0
-) -> list[Received]:
+MARKER = b"~settled "
+"""How the payload of ``settled``'s marker starts; such messages are left out."""
+
+
+def settled(client: Client, limit: float = 30.0, at_least: int = 0) -> list[Received]:
     """What ``client`` received: at least ``at_least`` messages (or all there are after
-    ``limit`` seconds), then until nothing more arrives for ``quiet`` seconds."""
+    ``limit`` seconds), and every one the broker had for it by then. ``client`` publishes
+    a marker matching its first subscription, which comes back after all of those (the
+    broker sends a subscriber its messages in the order it took them). No quiet period
+    to wait out: a loaded machine can be silent for longer than any such guess."""
     deadline = time.monotonic() + limit
     client.wait_for(at_least, limit)
-    seen = -1
-    while time.monotonic() < deadline:
+    marker = MARKER + uuid.uuid4().hex.encode()
+    topic = "/".join("~" if level == "+" else level for level in client.topics[0].split("/"))
+    client.publish(topic.replace("#", "~settled"), marker)
+    while time.monotonic() < deadline + 10:
         got = client.messages
-        if len(got) == seen:
-            return got
-        seen = len(got)
-        time.sleep(quiet)
-    return client.messages
+        ends = [i for i, m in enumerate(got) if m.payload == marker]
+        if ends:
+            return [m for m in got[: ends[0]] if not m.payload.startswith(MARKER)]
+        time.sleep(0.02)
+    raise AssertionError(f"the marker on {topic!r} never came back")

@@ -27,6 +27,12 @@ class TestMqttSinkContract(SinkContract):
         Invalid({"reconnect_min_delay": 60}, "reconnect_max_delay", "smaller than"),
         Invalid({"password": "x"}, "password", "password is set but username is not"),
         Invalid({"group_id": "a/b"}, "group_id", "not allowed in a Sparkplug ID"),
+        Invalid({"primary_host_id": "scada"}, "primary_host_id", "needs format: sparkplug_b"),
+        Invalid(
+            {"format": "sparkplug_b", "primary_host_id": "a/b"},
+            "primary_host_id",
+            "not allowed in a Sparkplug ID",
+        ),
         Invalid({"max_in_flight": 70000}, "max_in_flight", "less than or equal to 65000"),
         Invalid({"format": "xml"}, "format", 'Input should be "json" or "sparkplug_b"'),
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import paho.mqtt.client as paho
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -127,6 +128,47 @@ def test_unacknowledged_envelopes_are_sent_again_after_a_broker_restart(
     assert got == set(range(i)), f"missing: {sorted(set(range(i)) - got)[:20]}"
 
 
+def test_one_connection_delivers_many_small_writes_in_order_each_once(
+    mosquitto: Mosquitto,
+    subscriber: Callable[..., Client],
+    harnesses: Callable[..., SinkHarness],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the connection's network thread writes to its socket. paho, left alone, also
+    sends from publish() on the calling thread, without a lock: a packet popped by one
+    thread could reach the socket after one popped later by another (seen: two envelopes
+    swapped in about one run in three of 5,000, with no reconnect). The thread check is
+    what fails every time; the order check is what a user would see."""
+    block = mqtt_block(mosquitto, max_in_flight=1000)
+    senders: dict[int, set[str]] = {}
+    """id of the sink's paho client -> names of the threads that wrote to its socket"""
+    send = paho.Client._sock_send  # private, but the one place paho writes a packet
+
+    def recording_send(client: paho.Client, buf: bytes) -> int:
+        if client._client_id == block["client_id"].encode():  # not the test's subscriber
+            senders.setdefault(id(client), set()).add(threading.current_thread().name)
+        return send(client, buf)
+
+    monkeypatch.setattr(paho.Client, "_sock_send", recording_send)
+    sub = subscriber(prefix_of(block) + "/#")
+    h = harnesses(block)
+    h.start()
+    n = 5000
+    envelopes = [record(i) for i in range(n)]
+    for i in range(0, n, 3):  # small writes: each publishes while PUBACKs come in
+        h.write(envelopes[i : i + 3])
+    h.stop()
+    got = [orjson.loads(m.payload)["data"]["attributes"]["seq"]["value"]
+           for m in settled(sub, at_least=n)]  # fmt: skip
+    snap = balanced(h.sink)
+    assert (snap["delivered"], snap["retried"]) == (n, 0), snap
+    assert len(senders) == 1, "one connection expected"
+    (names,) = senders.values()
+    assert names == {f"mqtt-{h.sink.name}-net"}, f"threads that wrote to the socket: {names}"
+    wrong = [(i, g) for i, g in enumerate(got) if g != i][:10]
+    assert len(got) == n and not wrong, f"{len(got)} arrived; first out of place: {wrong}"
+
+
 @pytest.mark.parametrize("good_before", [1, 30])
 def test_an_envelope_the_broker_never_takes_is_dead_lettered_not_retried_forever(
     tmp_path: Path, mqtt_certs: Certs, harnesses: Callable[..., SinkHarness], good_before: int
@@ -235,8 +277,13 @@ def test_at_most_max_in_flight_unacknowledged_on_the_wire(
     h.start(check=False)
     writer = threading.Thread(target=h.write, args=([record(i) for i in range(10)],), daemon=True)
     writer.start()
-    writer.join(1.5)
     try:
+        # wait for what the sink sends (a loaded machine may take a while), then give it
+        # time to send a fourth: a fixed wait alone could end before the third arrived
+        deadline = time.monotonic() + 20
+        while broker.published < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        writer.join(1.0)
         assert writer.is_alive(), "write returned although 3 envelopes were unacknowledged"
         assert broker.published == 3
     finally:

@@ -272,6 +272,8 @@ def test_a_machine_disabled_on_reload_gets_its_ddeath_and_no_more_births(
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        # the node's last message: everything before it has reached the subscriber too
+        _wait_kind(sub, "NDEATH")
     finally:
         proc.kill()
     got = sub.messages

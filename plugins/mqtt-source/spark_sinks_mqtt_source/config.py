@@ -8,13 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from spark_sinks.show import show
 from spark_sinks.sources import SourceConfig
 
 
 def _readable_file(v: str | None) -> str | None:
     if v is not None and not os.access(v, os.R_OK):
         why = "does not exist" if not os.path.exists(v) else "is not readable"
-        raise ValueError(f"file {v!r} {why}")
+        raise ValueError(f"file {show(v)} {why}")
     return v
 
 
@@ -43,17 +44,17 @@ def check_filter(f: str) -> str:
     if not f:
         raise ValueError("a topic filter cannot be empty")
     if "\0" in f or len(f.encode()) > 65535:
-        raise ValueError(f"{f!r} is not a valid topic filter")
+        raise ValueError(f"{show(f)} is not a valid topic filter")
     levels = f.split("/")
     if f.startswith("$share/"):  # shared subscription: $share/<group>/<filter>
         if len(levels) < 3 or not levels[1] or any(c in levels[1] for c in "+#"):
-            raise ValueError(f"{f!r}: a shared subscription is $share/<group>/<filter>")
+            raise ValueError(f"{show(f)}: a shared subscription is $share/<group>/<filter>")
         levels = levels[2:]
     for i, level in enumerate(levels):
         if ("+" in level or "#" in level) and level not in ("+", "#"):
-            raise ValueError(f"{f!r}: '+' and '#' must fill a whole topic level")
+            raise ValueError(f"{show(f)}: '+' and '#' must fill a whole topic level")
         if level == "#" and i != len(levels) - 1:
-            raise ValueError(f"{f!r}: '#' must be the last level")
+            raise ValueError(f"{show(f)}: '#' must be the last level")
     return f
 
 

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from spark_sinks_sparkplug.broker import why_unreachable
 
 from spark_sinks import SparkSinksError
 
@@ -118,7 +119,8 @@ class Connection:
                 ) from None
             except (OSError, ValueError) as exc:
                 wait = delay * random.uniform(0.5, 1.0)
-                log.error("cannot reach %s: %s; retrying in %.1f s", self.where, _why(exc), wait)
+                why = why_unreachable(exc, self.cfg.host, None)  # the certificate: above
+                log.error("cannot reach %s: %s; retrying in %.1f s", self.where, why, wait)
                 stop.wait(wait)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -231,17 +233,12 @@ class Connection:
                 continue
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 class RateLimited:
     """A warning at most once per ``every`` seconds, with how often it was held back."""
 
-    def __init__(self, every: float = 60.0) -> None:
+    def __init__(self, every: float = 60.0, logger: logging.Logger = log) -> None:
         self.every = every
+        self.log = logger
         self._last = -every
         self._held = 0
 
@@ -251,6 +248,6 @@ class RateLimited:
             self._held += 1
             return
         extra = f" ({self._held} more since the last warning)" if self._held else ""
-        log.warning(msg + extra, *args)
+        self.log.warning(msg + extra, *args)
         self._last = now
         self._held = 0

@@ -11,13 +11,12 @@ topic filter whose subscription the broker refused (SUBACK reason code of 0x80 o
 from __future__ import annotations
 
 import queue
-import socket
-import ssl
 from typing import Any, NamedTuple
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from spark_sinks_sparkplug.broker import why_unreachable
 
 from .config import MqttSourceConfig
 from .connection import MqttSourceError, new_client
@@ -49,7 +48,8 @@ def probe(cfg: MqttSourceConfig) -> str:
     try:
         client.connect(cfg.host, cfg.broker_port, cfg.keepalive, clean_start=True, properties=props)
     except (OSError, ValueError) as exc:
-        raise MqttSourceError(f"cannot connect to {where}: {_unreachable(cfg, exc)}") from None
+        why = why_unreachable(exc, cfg.host, cfg.tls.ca_file if cfg.tls else None)
+        raise MqttSourceError(f"cannot connect to {where}: {why}") from None
     client.loop_start()
     try:
         _connected(cfg, where, _await(answers, "CONNACK", where))
@@ -100,20 +100,3 @@ def _subscribed(cfg: MqttSourceConfig, where: str, answer: _Answer) -> None:
                 f"{where} refused the subscription to {topic!r}: {reason} "
                 f"(SUBACK 0x{reason.value:02X})"
             )
-
-
-def _unreachable(cfg: MqttSourceConfig, exc: BaseException) -> str:
-    """Why TCP or TLS failed, naming the CA that was used when the certificate is at fault."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        tls = cfg.tls
-        ca = f"tls.ca_file {tls.ca_file!r}" if tls and tls.ca_file else "the system's CAs"
-        return f"TLS: the broker's certificate is not trusted by {ca}: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host {cfg.host!r} ({exc.strerror})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running on that port?)"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

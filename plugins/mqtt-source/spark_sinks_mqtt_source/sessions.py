@@ -13,11 +13,20 @@ NBIRTH announced (an older will arriving late is ignored).
 After asking for a rebirth a node counts as unborn until its next NBIRTH: its messages are
 still read, and it is asked again (at most every ``rebirth_interval`` seconds) while they
 come.
+
+``place`` gives each message of a node its position in the node's publishing order (``seq``
+unwrapped: a number ahead of the newest seen by less than 128 is later, any other is
+earlier), so that a message arriving late cannot pass for a newer one. At most
+``max_nodes`` edge nodes are followed; beyond it the one heard from least recently is
+forgotten (counted in ``forgotten``, logged at most once a minute), and asked for a rebirth
+if it sends again.
 State is kept by the source thread only.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -27,9 +36,13 @@ from typing import NamedTuple
 from paho.mqtt.client import topic_matches_sub
 from spark_sinks_sparkplug import codec
 
+from .recent import Recent
+
+log = logging.getLogger(__name__)
+
 MAX_NODES = 10_000
 """Edge nodes followed at most (memory stays bounded whatever topics arrive); beyond it
-the longest-known one is forgotten, and asked for a rebirth if it sends again."""
+the one heard from least recently is forgotten, and asked for a rebirth if it sends again."""
 _ANY_DEVICE = f"spark-sinks-any-{uuid.uuid4().hex}"
 """A device id no real device has: only a wildcard level matches it."""
 
@@ -42,10 +55,24 @@ class Node(NamedTuple):
         return f"{self.group}/{self.edge_node}"
 
 
+class Order(NamedTuple):
+    """Where a message stands in its edge node's publishing order. Positions compare only
+    within one ``epoch`` (one session as followed here: an NBIRTH, an NDEATH or a node
+    forgotten and heard from again starts another)."""
+
+    epoch: int
+    position: int
+
+    def before(self, other: Order) -> bool:
+        """Whether this message was published before ``other`` (False when unknowable)."""
+        return self.epoch == other.epoch and self.position < other.position
+
+
 @dataclass
 class _Session:
     """One edge node's session as seen here."""
 
+    epoch: int
     born: bool = False
     bd_seq: int | None = None
     expected: int = 0
@@ -55,6 +82,10 @@ class _Session:
     gap_since: float | None = None
     """When the oldest of ``missing`` was found missing (the Reorder Timeout's start)."""
     asked_at: float | None = None
+    newest_seq: int | None = None
+    """The ``seq`` of the latest-published message seen (None: no message yet)."""
+    newest: int = 0
+    """Its position: ``seq`` unwrapped, counting from the session's first message."""
 
 
 class Sessions:
@@ -66,6 +97,7 @@ class Sessions:
         reorder_timeout: float,
         rebirth_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        max_nodes: int = MAX_NODES,
     ) -> None:
         self.filters = [f for f in filters if not f.startswith("$share/")]
         """A shared subscription delivers only some messages here: no order to check."""
@@ -73,8 +105,11 @@ class Sessions:
         self.rebirth_interval = rebirth_interval
         """Seconds between two rebirth requests to one edge node, at least."""
         self.clock = clock
-        self._nodes: dict[Node, _Session] = {}
+        self.max_nodes = max_nodes
+        self._nodes: Recent[Node, _Session] = Recent(max_nodes, "edge nodes", log)
         self._covered: dict[Node, bool] = {}
+        """A cache of ``covered`` (recomputed after it is cleared: nothing is lost)."""
+        self._epochs = itertools.count()
 
     def covered(self, node: Node) -> bool:
         """Whether the topic filters bring every message of the node (its births, deaths
@@ -85,21 +120,22 @@ class Sessions:
             topics = [codec.topic(g, kind, e) for kind in ("NBIRTH", "NDEATH", "NDATA")]
             topics += [codec.topic(g, k, e, _ANY_DEVICE) for k in ("DBIRTH", "DDATA", "DDEATH")]
             seen = all(any(topic_matches_sub(f, t) for f in self.filters) for t in topics)
-            if len(self._covered) >= MAX_NODES:
+            if len(self._covered) >= self.max_nodes:
                 self._covered.clear()
             self._covered[node] = seen
         return seen
 
     def birth(self, node: Node, seq: int | None, bd_seq: int | None) -> None:
         """An NBIRTH: a new session starts at its ``seq``."""
-        self._put(node, _Session(True, bd_seq, _next(seq), asked_at=self._asked(node)))
+        s = self._nodes.put(node, self._new(True, bd_seq, _next(seq), asked_at=self._asked(node)))
+        s.newest_seq = seq if seq is not None and 0 <= seq <= 255 else None
 
     def death(self, node: Node, bd_seq: int | None) -> bool:
         """An NDEATH; True when it ends the current session (its ``bdSeq`` matches)."""
         s = self._nodes.get(node)
         if s is not None and s.born and None not in (bd_seq, s.bd_seq) and bd_seq != s.bd_seq:
             return False  # the will of an earlier connection, delivered late
-        self._put(node, _Session(asked_at=self._asked(node)))
+        self._nodes.put(node, self._new(asked_at=self._asked(node)))
         return True
 
     def message(self, node: Node, seq: int | None, kind: str) -> str | None:
@@ -125,6 +161,21 @@ class Sessions:
                 s.gap_since = self.clock()
         # else behind and not missing: a copy of a message already seen (QoS 1)
         return None
+
+    def place(self, node: Node, seq: int | None) -> Order | None:
+        """The message's position in the node's publishing order (None without a valid
+        ``seq``). Independent of ``message``: either may be called first."""
+        if seq is None or not 0 <= seq <= 255:
+            return None
+        s = self._session(node)
+        if s.newest_seq is None:
+            s.newest_seq, s.newest = seq, 0
+            return Order(s.epoch, 0)
+        ahead = (seq - s.newest_seq) % 256
+        if ahead < 128:
+            s.newest_seq, s.newest = seq, s.newest + ahead
+            return Order(s.epoch, s.newest)
+        return Order(s.epoch, s.newest - (256 - ahead))  # published before the newest
 
     def due(self) -> list[tuple[Node, str]]:
         """Nodes whose Reorder Timeout elapsed with messages still missing."""
@@ -157,17 +208,23 @@ class Sessions:
         s.gap_since = None
         return True
 
-    def _session(self, node: Node) -> _Session:
-        s = self._nodes.get(node)
-        if s is None:
-            s = self._put(node, _Session())
-        return s
+    def _new(
+        self,
+        born: bool = False,
+        bd_seq: int | None = None,
+        expected: int = 0,
+        asked_at: float | None = None,
+    ) -> _Session:
+        return _Session(next(self._epochs), born, bd_seq, expected, asked_at=asked_at)
 
-    def _put(self, node: Node, session: _Session) -> _Session:
-        if node not in self._nodes and len(self._nodes) >= MAX_NODES:
-            del self._nodes[next(iter(self._nodes))]
-        self._nodes[node] = session
-        return session
+    @property
+    def forgotten(self) -> int:
+        """Edge nodes forgotten to keep within ``max_nodes`` (read by other threads)."""
+        return self._nodes.forgotten
+
+    def _session(self, node: Node) -> _Session:
+        s = self._nodes.get(node)  # put again: the most recently heard from
+        return self._nodes.put(node, self._new() if s is None else s)
 
     def _asked(self, node: Node) -> float | None:
         s = self._nodes.get(node)

@@ -158,8 +158,12 @@ class MqttSource(Source):
     def counters(self) -> dict[str, int]:
         """Read by other threads: each count is an int only the source thread writes."""
         out = {}
-        if self._sparkplug is not None:
-            out["rebirth_requests"] = self._sparkplug.rebirth_requests
+        sp = self._sparkplug
+        if sp is not None:
+            out["rebirth_requests"] = sp.rebirth_requests
+            out["stale_values"] = sp.stale_values
+            out["devices_forgotten"] = sp.devices_forgotten
+            out["edge_nodes_forgotten"] = sp.sessions.forgotten
         if self._acks is not None:
             out["acknowledged_early"] = self._acks.forced
         return out

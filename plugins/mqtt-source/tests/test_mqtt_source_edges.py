@@ -66,7 +66,7 @@ def test_no_broker_at_start_retries_until_stopped(tmp_path: Path, mosquitto: Mos
     assert run.stop(signal.SIGTERM, timeout=10) == 0, run.err
     retries = [ln for ln in run.err.splitlines() if "cannot reach MQTT broker" in ln]
     assert 1 <= len(retries) <= 3, run.err  # backoff: 1 s, then 2 s, ...
-    assert "Connection refused" in retries[0]
+    assert "connection refused (is the broker running on that port?)" in retries[0]
     assert "Traceback" not in run.err
 
 

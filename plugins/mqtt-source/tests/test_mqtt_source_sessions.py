@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from spark_sinks_mqtt_source import sessions
 from spark_sinks_mqtt_source.sessions import Node, Sessions
 
 NODE = Node("g", "e1")
@@ -157,16 +156,52 @@ def test_any_lost_message_followed_by_another_is_due(start: int, n: int, lost: i
     assert node == NODE
 
 
-def test_memory_stays_bounded_whatever_nodes_appear(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_stays_bounded_whatever_nodes_appear() -> None:
     limit = 200
-    monkeypatch.setattr(sessions, "MAX_NODES", limit)
-    s = Sessions(["spBv1.0/#"], TIMEOUT, REBIRTH_EVERY, Clock())
+    s = Sessions(["spBv1.0/#"], TIMEOUT, REBIRTH_EVERY, Clock(), max_nodes=limit)
     for i in range(limit + 50):
         node = Node("g", f"n{i}")
         s.covered(node)
         s.birth(node, 0, 0)
         s.message(node, 1, "DDATA")
     assert len(s._nodes) == limit and len(s._covered) <= limit
+    assert s.forgotten == 50
     # the newest are still followed; the oldest, forgotten, is out of step when it sends
     assert s.message(Node("g", f"n{limit + 49}"), 2, "DDATA") is None
     assert s.message(Node("g", "n0"), 2, "DDATA") == "DDATA before the edge node's NBIRTH"
+    assert s.forgotten == 51 and len(s._nodes) == limit
+
+
+def test_the_node_heard_from_least_recently_is_forgotten_first() -> None:
+    s = Sessions(["spBv1.0/#"], TIMEOUT, REBIRTH_EVERY, Clock(), max_nodes=2)
+    a, b, c = (Node("g", n) for n in "abc")
+    s.birth(a, 0, 0)
+    s.birth(b, 0, 0)
+    assert s.message(a, 1, "DDATA") is None  # a is heard from again: b is the oldest now
+    s.birth(c, 0, 0)
+    assert s.forgotten == 1
+    assert s.message(a, 2, "DDATA") is None
+    assert s.message(b, 1, "DDATA") == "DDATA before the edge node's NBIRTH"
+
+
+@given(start=st.integers(0, 255), order=st.permutations(range(40)))
+def test_place_orders_any_reordering_within_the_window(start: int, order: list[int]) -> None:
+    """Messages shuffled among 40 (well within 128) are placed in publishing order."""
+    s, _ = born(seq=start)
+    placed = {}
+    for i in order:
+        p = s.place(NODE, (start + 1 + i) % 256)
+        assert p is not None
+        placed[i] = p
+    assert sorted(placed, key=lambda i: placed[i]) == list(range(40))
+    assert len({p.epoch for p in placed.values()}) == 1
+
+
+def test_place_starts_a_new_epoch_with_each_session() -> None:
+    s, _ = born(seq=0)
+    first = s.place(NODE, 5)
+    s.birth(NODE, 0, 1)
+    again = s.place(NODE, 1)
+    assert first is not None and again is not None
+    assert not first.before(again) and not again.before(first)  # not comparable
+    assert s.place(NODE, None) is None and s.place(NODE, 256) is None

@@ -3,8 +3,10 @@ exception, device mapping, bad payloads, and a rebirth request when a birth was 
 
 from __future__ import annotations
 
+import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from spark_sinks_sparkplug import codec
 from spark_sinks_sparkplug import sparkplug_b_pb2 as pb
 
 from spark_sinks.timefmt import format_ms
+from tests.helpers import run_cli
 from tests.support.mosquitto import Client, Mosquitto
 
 T0 = 1_790_000_000_000
@@ -249,3 +252,102 @@ def test_a_skipped_seq_gets_a_rebirth_request_and_the_rebirth_is_followed(
     assert "source: 1 rebirth_requests" in run.err
     final = orjson.loads(status.read_bytes())
     assert final["final"] and final["input"]["source"]["rebirth_requests"] == 1
+
+
+def born_e1(broker: Mosquitto, group: str) -> tuple[Client, str]:
+    """A publisher that has published edge node e1's NBIRTH (seq 0) and m0's DBIRTH (seq 1);
+    and the group's topic prefix."""
+    pub = Client(broker).connect()
+    top = f"spBv1.0/{group}"
+    pub.publish(f"{top}/NBIRTH/e1", codec.nbirth(0, seq=0))
+    pub.publish(
+        f"{top}/DBIRTH/e1/m0", codec.dbirth(codec.metric_defs(MACHINES["m0"]["variables"]), seq=1)
+    )
+    return pub, top
+
+
+def test_a_ddata_overtaken_by_a_newer_one_never_puts_an_older_value_back(
+    tmp_path: Path, mosquitto: Mosquitto, group: str
+) -> None:
+    """seq 4 is published before seq 3 (as a reconnecting edge node's resent messages, or a
+    bridge, may deliver them): 3's temperature is older than 4's and is discarded as stale;
+    its ``seq`` variable, which 4 did not update, is the newest there is and goes out."""
+    status = tmp_path / "status.json"
+    run = start(
+        tmp_path, mosquitto, group, reorder_timeout=600, operations={"status_file": str(status)}
+    )
+    pub, top = born_e1(mosquitto, group)
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(1, 20.0), T0 + 2), 2))
+    pub.publish(
+        f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(None, 22.0), T0 + 4), 4)
+    )
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(2, 21.0), T0 + 3), 3))
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(3, None), T0 + 5), 5))
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 4, what="four records")
+    assert run.stop(signal.SIGTERM) == 0, run.err
+
+    got = [(r["time"], {k: a["value"] for k, a in r["attributes"].items()}) for r in run.records()]
+    assert got == [
+        (format_ms(T0 + 2), {"seq": 1, "temperature": 20.0}),
+        (format_ms(T0 + 4), {"seq": 1, "temperature": 22.0}),
+        (format_ms(T0 + 3), {"seq": 2, "temperature": 22.0}),  # never 21.0 again
+        (format_ms(T0 + 5), {"seq": 3, "temperature": 22.0}),
+    ]
+    [warning] = [ln for ln in run.err.splitlines() if "stale" in ln and "WARNING" in ln]
+    assert (
+        f"edge node {group}/e1: 1 value(s) of device 'm0' in DDATA seq 3 discarded as stale"
+    ) in warning
+    assert "1 stale_values" in run.err  # the exit summary's source line
+    final = orjson.loads(status.read_bytes())
+    assert final["input"]["source"]["stale_values"] == 1
+    assert "asking it for a rebirth" not in run.err  # seq 3 came within reorder_timeout
+
+
+def test_source_counters_in_prometheus_and_in_status(
+    tmp_path: Path, mosquitto: Mosquitto, group: str
+) -> None:
+    """A rebirth request and a stale value, read back over HTTP from /metrics of the
+    running process and from ``spark-sinks status``."""
+    status = tmp_path / "status.json"
+    ops = {"status_file": str(status), "stats_interval": 0.2, "metrics_port": 0}
+    run = start(tmp_path, mosquitto, group, reorder_timeout=600, operations=ops)
+    pub, top = born_e1(mosquitto, group)
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(1, 2.0), T0 + 3), 3))
+    pub.publish(f"{top}/DDATA/e1/m0", codec.ddata(codec.record_values(attrs(None, 1.0), T0), 2))
+    # e2's NBIRTH was never seen: a rebirth request
+    pub.publish(f"{top}/DDATA/e2/m1", codec.ddata(codec.record_values(attrs(5, 5.0), T0), 9))
+    pub.close()
+    run.wait(lambda: len(run.records()) >= 2, what="two records")
+    [port] = re.findall(r"Prometheus metrics on http://127\.0\.0\.1:(\d+)/metrics", run.err)
+    want = {
+        'spark_sinks_source_events_total{counter="rebirth_requests",source="mqtt"}': "1.0",
+        'spark_sinks_source_events_total{counter="stale_values",source="mqtt"}': "1.0",
+        'spark_sinks_source_events_total{counter="devices_forgotten",source="mqtt"}': "0.0",
+        'spark_sinks_source_events_total{counter="edge_nodes_forgotten",source="mqtt"}': "0.0",
+        'spark_sinks_source_events_total{counter="acknowledged_early",source="mqtt"}': "0.0",
+    }
+
+    def scraped() -> dict[str, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        pairs = (ln.rsplit(" ", 1) for ln in text.splitlines() if ln.startswith("spark_sinks_"))
+        return {k: v for k, v in pairs if k.startswith("spark_sinks_source_events_total")}
+
+    # the counters are read at each scrape: the pipeline may still be on the last message
+    run.wait(lambda: scraped() == want, what=f"the source counters in /metrics: {want}")
+    cfg = tmp_path / "c.yaml"
+
+    def status_line() -> str:
+        out = run_cli("status", "-c", str(cfg)).stdout.decode()
+        return next((ln.strip() for ln in out.splitlines() if "source " in ln), "")
+
+    line = (
+        "source mqtt: 1 rebirth_requests, 1 stale_values, 0 devices_forgotten,"
+        " 0 edge_nodes_forgotten, 0 acknowledged_early"
+    )
+    run.wait(lambda: status_line() == line, what=f"{line!r} from spark-sinks status")
+    assert run.stop(signal.SIGTERM) == 0, run.err
+    result = run_cli("status", "-c", str(cfg))
+    lines = [ln.strip() for ln in result.stdout.decode().splitlines()]
+    assert lines[0].startswith("EXITED:") and lines[1] == line, lines

@@ -1,9 +1,12 @@
 """spark-sinks-sparkplug: Sparkplug B payloads for spark-sinks' MQTT sink and source.
 
-A library, not a plugin: it registers no hooks. ``codec`` maps Spark formats onto
-Sparkplug datatypes and builds and decodes NBIRTH, NDEATH, DBIRTH, DDATA and DDEATH
-payloads; ``sparkplug_b_pb2`` is generated from ``sparkplug_b.proto`` (see that file for
-how to regenerate it).
+A library, not a plugin: it registers no hooks. ``codec`` builds and decodes NBIRTH,
+NDEATH, DBIRTH, DDATA and DDEATH payloads (and offers the names of the modules it
+uses: ``topics``, the topic namespace, and ``values``, how Spark formats map onto
+Sparkplug datatypes); ``state`` reads a Primary Host Application's STATE; ``sparkplug_b_pb2`` is
+generated from ``sparkplug_b.proto`` (see that file for how to regenerate it). ``broker``
+holds what the MQTT sink and source share beyond Sparkplug (why a broker cannot be
+reached).
 """
 
 from __future__ import annotations
