@@ -36,7 +36,8 @@ DISK_BYTES = 256 * MiB
 DEAD_LETTER_BACKLOG_ENVELOPES = 10_000
 DEAD_LETTER_BACKLOG_BYTES = 8 * MiB
 """Bounds of a sink's dead letters waiting for a file that cannot be written (envelope
-JSON bytes). A dead letter beyond them is counted failed: see ``SinkContext.dead_letter``."""
+JSON bytes). A dead letter beyond them stays in the spool (with a disk buffer) or is
+counted failed: see ``SinkContext.dead_letter``."""
 
 
 MAX_SECONDS = 86_400.0
@@ -345,6 +346,9 @@ class SinkContext:
         per thread because the spool's feeder and the source thread both write."""
         self.on_settled: Callable[[Sequence[Envelope]], None] | None = None
         """Set by the core (the spool) to learn which envelopes are delivered or set aside."""
+        self.on_kept: Callable[[Envelope], bool] | None = None
+        """Set by the core (the spool): keeps on disk, for the next start, a dead letter
+        that the full backlog cannot hold; False when it cannot (see ``_dead_letter_lost``)."""
 
     def delivered(self, envelopes: Sequence[Envelope]) -> None:
         """A buffered sink calls this once the destination has accepted these envelopes.
@@ -364,8 +368,9 @@ class SinkContext:
         the run's exit status reports it. When the file cannot be written, the
         envelope stays pending and the write is retried (``retry_dead_letters``):
         it counts as dead-lettered only once it is on disk. The dead letters waiting
-        so are bounded (``Backlog``): beyond that, a new one is counted failed and
-        named in an error line, so memory stays bounded and the loss is reported.
+        so are bounded (``Backlog``): beyond that, a new one stays in the spool for the
+        next start (with a disk buffer) or is counted failed, named in an error line
+        either way, so memory stays bounded and a loss is reported.
         """
         aside: set[int] | None = getattr(self._aside, "ids", None)
         if aside is not None:
@@ -392,9 +397,13 @@ class SinkContext:
         return True
 
     def _dead_letter_lost(self, letter: DeadLetter) -> None:
-        """The backlog is full: the envelope is given up, counted failed, and the core
-        told it is settled (a spool deletes it). Logged at most every 10 s."""
+        """The backlog is full. With a spool the envelope stays in it, pending, for the
+        next start (where it is dead-lettered again): on disk, within the spool's
+        ``max_bytes``, never in memory. Without one it is given up, counted failed, and
+        the core told it is settled. Logged at most every 10 s."""
         env = letter.envelope
+        keep = self.on_kept
+        kept = keep is not None and keep(env)
         quiet = -1  # stays negative unless this one is logged
         with self._dl_lock:
             waiting, held = len(self._dl_backlog), self._dl_bytes
@@ -404,16 +413,21 @@ class SinkContext:
                 quiet, self._dl_lost_quiet = self._dl_lost_quiet, 0
             else:
                 self._dl_lost_quiet += 1
+        fate = (
+            "stays in the spool, pending, for the next start" if kept else "is LOST, counted failed"
+        )
         msg = (
             f"dead letters cannot be written to {self.dead_letter_path} and {waiting} "
-            f"({held} bytes) already wait: a {env.type} envelope of {env.machine} is LOST, "
-            f"counted failed ({letter.reason})"
+            f"({held} bytes) already wait: a {env.type} envelope of {env.machine} {fate} "
+            f"({letter.reason})"
         )
-        self.stats.add("failed")
         self.stats.error(msg)
         if quiet >= 0:
             more = f" ({quiet} more since the last report)" if quiet else ""
             self.log.error("%s%s", msg, more)
+        if kept:
+            return
+        self.stats.add("failed")
         hook = self.on_settled
         if hook is not None:
             hook([env])

@@ -45,7 +45,8 @@ class SpooledSink(Sink):
         self._rowids: dict[int, int] = {}
         """id(envelope) -> spool row id, for envelopes handed to the sink, not yet settled."""
         self._held: set[int] = set()
-        """Rows whose envelope waits to be dead-lettered: not handed to the sink again."""
+        """Rows whose envelope waits to be dead-lettered, or is kept for the next start
+        (``_keep``): not handed to the sink again."""
         self._cursor = 0
         self._previous = 0
         """The cursor before the batch the feeder holds (restored when its write fails)."""
@@ -77,6 +78,7 @@ class SpooledSink(Sink):
     def open(self) -> None:
         self.open_spool()
         self.context.on_settled = self._settled
+        self.context.on_kept = self._keep
         try:
             self.inner.open()
         except BaseException:
@@ -295,6 +297,16 @@ class SpooledSink(Sink):
             self.spool.delete(ids)
             with self._cond:
                 self._cond.notify_all()
+
+    def _keep(self, envelope: Envelope) -> bool:
+        """A dead letter the full backlog cannot hold: its row stays in the spool for the
+        next start, and is not handed to the sink again in this run."""
+        with self._cond:
+            row = self._rowids.pop(id(envelope), None)
+            if row is None:
+                return False
+            self._held.add(row)
+        return True
 
     def _loud(self, kind: str, message: str, level: int = logging.ERROR) -> None:
         """Log a repeating problem at most every ``LOG_EVERY`` seconds per kind."""

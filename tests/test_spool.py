@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
+import orjson
+
 from spark_sinks.envelope import Envelope
-from spark_sinks.sink import Sink, SinkConfig, SinkContext, SpoolConfig
+from spark_sinks.sink import Backlog, Sink, SinkConfig, SinkContext, SpoolConfig
 from spark_sinks.spool import Spool
 from spark_sinks.spooled import SpooledSink
 
@@ -171,3 +174,91 @@ def test_corrupt_spool_file_is_set_aside_and_a_fresh_one_works(tmp_path, caplog)
     sink.flush(5)
     assert inner.got == [0, 1, 2]
     sink.close()
+
+
+def test_delivered_rows_whose_delete_failed_are_sent_again_at_the_next_start(tmp_path, caplog):
+    """The documented at-least-once cost. A delete that cannot be made (here another
+    process holds the spool file's write lock; a full disk does the same) leaves delivered
+    rows in the file, and nothing else can be written to say so. At close the delete is
+    tried once more; when it still fails, one line says they are sent again, and the next
+    start replays them with the rest (counted as replayed). Kinesis consumers see them
+    twice: the Lambda consumer stores by host, machine and time, so a copy changes nothing."""
+    sink, inner = spooled(AckLaterSink, tmp_path)
+    sink.write(envs(30))
+    wait_for(lambda: len(inner.held) == 30)
+    with sink.spool._lock:  # each failing delete gives up after 0.1 s, not SQLite's 5 s
+        sink.spool._conn().execute("PRAGMA busy_timeout = 100")
+    other = sqlite3.connect(sink.spool.file, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock: every delete fails
+    try:
+        with inner.lock:
+            first, inner.held = inner.held[:10], inner.held[10:]
+        inner.context.delivered(first)
+        sink.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert (sink.stats.accepted, sink.stats.delivered) == (30, 10)
+    assert "10 delivered envelopes stay in spool" in caplog.text
+    assert "sent again on the next start" in caplog.text
+
+    again, inner2 = spooled(AckLaterSink, tmp_path)
+    assert again.stats.replayed == 30  # the 10 delivered and the 20 never acknowledged
+    wait_for(lambda: len(inner2.held) == 30)
+    assert inner2.ack_all() == list(range(30))
+    wait_for(lambda: again.spool.count() == 0)
+    again.close()
+
+
+class RejectSink(Sink):
+    """Unbuffered: every envelope is one it can never deliver."""
+
+    type_name = "reject"
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.seen = 0
+
+    def write(self, envelopes):
+        for e in envelopes:
+            self.context.dead_letter(e, "never deliverable")
+        self.seen += len(envelopes)
+
+
+def rejecting(tmp_path, dead):
+    """A spooled RejectSink whose dead letters wait in memory at most 2 at a time."""
+    ctx = SinkContext("s1", "gw", dead, backlog=Backlog(envelopes=2))
+    inner = RejectSink(SinkConfig(type="reject"), ctx)
+    sink = Spooled(inner, Spool(tmp_path, "s1", SpoolConfig(path=tmp_path)))
+    sink.open()
+    sink.check()
+    return sink
+
+
+def test_dead_letters_beyond_the_backlog_stay_in_the_spool_for_the_next_start(tmp_path, caplog):
+    """The dead-letter file cannot be written and 2 dead letters already wait in memory:
+    with a spool the others stay on disk, pending, not lost. Before: the 3 beyond the
+    backlog were counted failed and deleted from the spool."""
+    dead = tmp_path / "dead.jsonl"
+    dead.mkdir()  # a directory where the file goes: every write fails
+    sink = rejecting(tmp_path, dead)
+    sink.write(envs(5))
+    wait_for(lambda: sink.inner.seen == 5 and not sink._writing)
+    snap = sink.stats.snapshot()
+    assert (snap["pending"], snap["failed"], snap["dead_lettered"]) == (5, 0, 0), snap
+    assert sink.spool.count() == 5
+    assert "stays in the spool, pending, for the next start" in caplog.text
+    sink.write(envs(1, start=5))  # the kept rows are not handed to the sink again
+    wait_for(lambda: sink.inner.seen == 6 and not sink._writing)
+    assert sink.stats.pending == 6 and sink.spool.count() == 6
+    sink.close()
+    assert "LOST" not in caplog.text
+
+    dead.rmdir()  # the file works again: the next start dead-letters every one, in order
+    again = rejecting(tmp_path, dead)
+    assert again.stats.replayed == 6
+    wait_for(lambda: again.stats.dead_lettered == 6)
+    wait_for(lambda: again.spool.count() == 0)
+    again.close()
+    written = [orjson.loads(x)["envelope"]["data"]["seq"] for x in dead.read_bytes().splitlines()]
+    assert written == list(range(6))
