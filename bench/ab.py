@@ -8,9 +8,13 @@ start-up and imports included), of its wall time, and of the run's own seconds a
 ``core_case.py`` reports them (what (f) in ``make bench`` divides by), each as a ratio to
 this tree; and the median of the per-round CPU ratios. ``--mode bare`` runs the plain loop
 instead (the same code in every tree): its ratios show how much the host alone moves.
+``--mode direct`` runs this tree with its sink written on the source thread (no worker;
+the other trees as ``core``): the part of the difference that is the hand-off to the
+worker. Each run's voluntary context switches (``wait4``) are reported too: a thread
+waiting for another (the worker for work or for the GIL) is one.
 
 Usage: ``.venv/bin/python bench/ab.py TREE [TREE ...] [--rounds N] [--records N]
-[--mode core|bare]``; a tree of an older commit is made with ``git worktree add --detach
+[--mode core|direct|bare]``; a tree of an older commit is made with ``git worktree add --detach
 DIR COMMIT`` and ``make venv`` in it.
 """
 
@@ -39,9 +43,13 @@ class Sample(NamedTuple):
     wall: float
     run: float
     """The run's own seconds, as ``core_case.py`` reports them."""
+    switches: int
+    """Voluntary context switches of the whole process."""
 
 
 def run_once(tree: Path, mode: str, data: Path) -> Sample:
+    if mode == "direct" and tree != ROOT:
+        mode = "core"
     python = tree / ".venv" / "bin" / "python"
     cmd = [str(python), str(tree / "bench" / "core_case.py"), mode, str(data)]
     t0 = time.perf_counter()
@@ -54,17 +62,20 @@ def run_once(tree: Path, mode: str, data: Path) -> Sample:
     if proc.returncode:
         raise SystemExit(f"{tree}: core_case.py {mode} exited {proc.returncode}")
     seconds = float(json.loads(out)["seconds"])
-    return Sample(usage.ru_utime + usage.ru_stime, wall, seconds)
+    return Sample(usage.ru_utime + usage.ru_stime, wall, seconds, usage.ru_nvcsw)
 
 
 def report(trees: list[Path], runs: dict[Path, list[Sample]]) -> None:
     this = runs[ROOT]
     for tree in trees:
         print(f"{tree}:")
-        for key in Sample._fields:
+        for key in ("cpu", "wall", "run"):
             mine = statistics.median(getattr(s, key) for s in this)
             theirs = statistics.median(getattr(s, key) for s in runs[tree])
             print(f"  median {key:4}: {theirs:.3f}s, this tree {mine:.3f}s ({mine / theirs:.3f})")
+        mine_sw = statistics.median(s.switches for s in this)
+        theirs_sw = statistics.median(s.switches for s in runs[tree])
+        print(f"  median voluntary context switches: {theirs_sw:.0f}, this tree {mine_sw:.0f}")
         ratios = [a.cpu / b.cpu for a, b in zip(this, runs[tree], strict=True)]
         print(
             f"  cpu ratio per round, median {statistics.median(ratios):.3f}: "
@@ -77,7 +88,7 @@ def main() -> None:
     ap.add_argument("trees", type=Path, nargs="+", help="trees to compare with, each with .venv")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--records", type=int, default=200_000)
-    ap.add_argument("--mode", choices=("core", "bare"), default="core")
+    ap.add_argument("--mode", choices=("core", "direct", "bare"), default="core")
     args = ap.parse_args()
     trees: list[Path] = [t.resolve() for t in args.trees]
     everyone = [*trees, ROOT]
@@ -89,7 +100,10 @@ def main() -> None:
             for tree in everyone[k:] + everyone[:k]:
                 s = run_once(tree, args.mode, data)
                 runs[tree].append(s)
-                print(f"round {i + 1} {tree}: cpu {s.cpu:.2f}s wall {s.wall:.2f}s run {s.run:.2f}s")
+                print(
+                    f"round {i + 1} {tree}: cpu {s.cpu:.2f}s wall {s.wall:.2f}s run {s.run:.2f}s"
+                    f" switches {s.switches}"
+                )
     report(trees, runs)
 
 

@@ -7,7 +7,10 @@ written everything.
 ``bare``: a plain Python loop over the same file that parses each line with orjson,
 builds the identical envelope dict (ISO time string included) and encodes it.
 
-Usage: ``python bench/core_case.py core|bare FILE.ndjson``; prints one JSON line:
+``direct``: as ``core``, but the sink is written on the source thread (no worker): what
+the hand-off to the worker costs is the difference.
+
+Usage: ``python bench/core_case.py core|direct|bare FILE.ndjson``; prints one JSON line:
 ``{"envelopes": n, "records": n, "seconds": s, "first": "<first record's JSON>"}``.
 """
 
@@ -52,14 +55,14 @@ class Discard(Sink):
         self.records += len(envelopes)
 
 
-def run_core(path: str) -> dict[str, Any]:
+def run_core(path: str, direct: bool = False) -> dict[str, Any]:
     machines = build_machines(
         {k: MachineConfig.model_validate(v) for k, v in machines_config().items()}
     )
     assembler = Assembler(machines, HOST)
     sink = Discard(SinkConfig(type="discard"), SinkContext("discard", HOST))
     dispatcher = Dispatcher()
-    active = ActiveSink("discard", sink, PluginInfo(name="bench"), 60.0)
+    active = ActiveSink("discard", sink, PluginInfo(name="bench"), 60.0, direct=direct)
     dispatcher.add(active)
     pipeline = Pipeline(assembler, dispatcher, Rejects(None))
     source = NdjsonSource(NdjsonConfig(type="ndjson", path=path), machines)
@@ -118,7 +121,7 @@ def run_bare(path: str) -> dict[str, Any]:
 
 def main() -> None:
     mode, path = sys.argv[1], sys.argv[2]
-    out = run_core(path) if mode == "core" else run_bare(path)
+    out = run_bare(path) if mode == "bare" else run_core(path, direct=mode == "direct")
     sys.stdout.write(orjson.dumps(out).decode() + "\n")
 
 
