@@ -10,10 +10,10 @@ bound to the thread that made them (a ``sqlite3`` connection); ``flush`` and ``c
 come after the last ``write``.
 
 The worker is not woken for every batch: waking a thread and handing it the GIL costs
-the source thread far more than the few microseconds of ``write`` a fast sink needs
-(README, Performance). Once it has written everything queued, the worker lingers: for up
-to ``LINGER`` (50 ms) further batches only gather, unless they reach 1 MiB (or half of
-``max_bytes``) or the queue fills up; then it takes all of them, in order. Only a worker
+more CPU than a fast sink's ``write`` of the batch (README, Performance). Once it has
+written everything queued, the worker lingers: for up to ``LINGER`` (50 ms) further
+batches only gather, unless they reach 1 MiB (or half of ``max_bytes``) or the queue
+fills up; then it takes all of them, in order. Only a worker
 that found nothing at the end of its linger sleeps until the next batch wakes it. So a
 batch waits at most ``LINGER`` before the worker starts on it (after any batches still
 ahead of it), never for more input; flushes, stops and other calls wake it at once.
