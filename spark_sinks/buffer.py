@@ -9,6 +9,15 @@ order of every machine's envelopes is kept. Every other call into the sink (``op
 bound to the thread that made them (a ``sqlite3`` connection); ``flush`` and ``close``
 come after the last ``write``.
 
+The worker is not woken for every batch: waking a thread and handing it the GIL costs
+the source thread far more than the few microseconds of ``write`` a fast sink needs
+(README, Performance). Once it has written everything queued, the worker lingers: for up
+to ``LINGER`` (50 ms) further batches only gather, unless they reach 1 MiB (or half of
+``max_bytes``) or the queue fills up; then it takes all of them, in order. Only a worker
+that found nothing at the end of its linger sleeps until the next batch wakes it. So a
+batch waits at most ``LINGER`` before the worker starts on it (after any batches still
+ahead of it), never for more input; flushes, stops and other calls wake it at once.
+
 The queue is bounded in bytes of envelope JSON (``max_bytes``; the batch being written
 comes on top). When a batch does not fit, ``when_full`` decides:
 
@@ -46,6 +55,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 from .envelope import Envelope, json_size
@@ -64,6 +74,18 @@ the sink's own ``flush(timeout)`` may return a moment late."""
 _LOG_EVERY = 10.0
 _POLL = 0.2
 """Seconds between looks at ``context.shutdown`` while the source waits for space."""
+LINGER = 0.05
+"""Seconds an idle worker lets batches gather before it takes them (module docstring)."""
+_WAKE_BYTES = 1 << 20
+"""Queued bytes that end a worker's linger early (or half the buffer's bound, if less)."""
+
+
+class _Idle(Enum):
+    """What a sink's worker is doing, for ``put`` to wake it only when that is needed."""
+
+    BUSY = "writing, or about to look at the queue"
+    LINGERING = "waiting up to LINGER for more batches"
+    ASLEEP = "waiting for anything at all"
 
 
 class BufferDepth(NamedTuple):
@@ -198,8 +220,12 @@ class SinkWorker:
     def __init__(self, active: ActiveSink, config: BufferConfig) -> None:
         self.active = active
         self.config = config
-        self._cond = threading.Condition()
-        # Guarded by _cond: _queue, _bytes, _waiting, _stop_at, _thread.
+        self._lock = threading.Lock()
+        self._more = threading.Condition(self._lock)
+        """The worker waits on it for work."""
+        self._room = threading.Condition(self._lock)
+        """A source blocked by a full queue (``when_full: block``) waits on it for space."""
+        # Guarded by _lock: _queue, _bytes, _waiting, _stop_at, _thread, _idle.
         self._queue: deque[Batch | _Flush | _Call] = deque()
         self._bytes = 0
         self._waiting = 0
@@ -207,6 +233,8 @@ class SinkWorker:
         self._stop_at: float | None = None
         """Deadline of a requested stop: after it, queued batches are no longer written."""
         self._thread: threading.Thread | None = None
+        self._idle = _Idle.BUSY
+        self._wake_bytes = min(_WAKE_BYTES, config.limit // 2)
         self._unwritten = 0
         """Envelopes left unwritten at a stop (owned by the worker thread)."""
         # Owned by the source thread (``put``): the rate limit of the DROPPED line.
@@ -217,26 +245,20 @@ class SinkWorker:
 
     def run(self, fn: Callable[[], T], last: bool = False) -> T:
         call = _Call(fn, last)
-        with self._cond:
-            self._start()
-            self._queue.append(call)
-            self._cond.notify_all()
+        self._request(call)
         call.done.wait()
         if call.error is not None:
             raise call.error
         return cast(T, call.result)
 
     def post(self, fn: Callable[[], object]) -> None:
-        with self._cond:
-            self._start()
-            self._queue.append(_Call(fn, waited=False))
-            self._cond.notify_all()
+        self._request(_Call(fn, waited=False))
 
     def put(self, batch: Batch) -> None:
         a = self.active
         n = len(batch.envelopes)
         a.stats.add("accepted", n)
-        with self._cond:
+        with self._lock:
             self._start()
             full = self._bytes and self._bytes + batch.size > self.config.limit
             if full and not self._make_room(batch):
@@ -245,7 +267,17 @@ class SinkWorker:
             self._queue.append(batch)
             self._bytes += batch.size
             self._waiting += n
-            self._cond.notify_all()
+            idle = self._idle
+            if idle is _Idle.ASLEEP or (
+                idle is _Idle.LINGERING and self._bytes >= self._wake_bytes
+            ):
+                self._wake()
+
+    def _wake(self) -> None:
+        """Wake the worker if it waits (called with the lock held)."""
+        if self._idle is not _Idle.BUSY:
+            self._idle = _Idle.BUSY
+            self._more.notify()
 
     def _make_room(self, batch: Batch) -> bool:
         """Called with the lock held and the queue too full for ``batch``; False when
@@ -253,6 +285,7 @@ class SinkWorker:
         ctx = self.active.sink.context
         limit = self.config.limit
         mode = self.config.when_full
+        self._wake()  # a lingering worker frees the space soon
         if mode == "drop_newest":
             self._dropped(len(batch.envelopes))
             return False
@@ -273,7 +306,7 @@ class SinkWorker:
             and not ctx.shutdown.is_set()
             and not ctx.stopping.is_set()
         ):
-            self._cond.wait(_POLL)
+            self._room.wait(_POLL)
         return True
 
     def _pop_oldest_batch(self) -> Batch | None:
@@ -306,14 +339,14 @@ class SinkWorker:
         self._drops_unlogged = 0
 
     def depth(self) -> BufferDepth:
-        with self._cond:
+        with self._lock:
             return BufferDepth(self._waiting, self._bytes)
 
     # -- flush and stop (the runtime's side) ----------------------------------------------
 
     def flush(self, timeout: float) -> bool:
         request = _Flush(time.monotonic() + timeout)
-        self._queue_request(request)
+        self._request(request)
         return bool(self._wait(request))
 
     def begin_stop(self, timeout: float) -> Callable[[], bool]:
@@ -321,9 +354,9 @@ class SinkWorker:
         when the worker is still busy then: it is abandoned and the sink is not closed."""
         deadline = time.monotonic() + timeout
         request = _Flush(deadline, close=True)
-        with self._cond:
+        with self._lock:
             self._stop_at = deadline
-        self._queue_request(request)
+        self._request(request)
         return lambda: self._stopped(request, timeout)
 
     def _stopped(self, request: _Flush, timeout: float) -> bool:
@@ -340,11 +373,11 @@ class SinkWorker:
         a.stats.error(f"abandoned after flush_timeout ({timeout:g}s)")
         return False
 
-    def _queue_request(self, request: _Flush) -> None:
-        with self._cond:
+    def _request(self, request: _Flush | _Call) -> None:
+        with self._lock:
             self._start()
             self._queue.append(request)
-            self._cond.notify_all()
+            self._wake()
 
     def _wait(self, request: _Flush) -> bool | None:
         """Wait for a queued flush: None if the worker did not get through it in time,
@@ -398,14 +431,19 @@ class SinkWorker:
     def _take(self) -> tuple[Batch | _Flush | _Call, bool]:
         """The next item, and whether it is a batch to leave unwritten: the stop deadline
         has passed, or waiting must end now (``context.stopping``)."""
-        with self._cond:
-            while not self._queue:
-                self._cond.wait()
+        with self._lock:
+            if not self._queue:
+                self._idle = _Idle.LINGERING
+                self._more.wait(LINGER)
+                while not self._queue:
+                    self._idle = _Idle.ASLEEP
+                    self._more.wait()
+                self._idle = _Idle.BUSY
             item = self._queue.popleft()
             if isinstance(item, Batch):
                 self._bytes -= item.size
                 self._waiting -= len(item.envelopes)
-                self._cond.notify_all()  # a waiting source
+                self._room.notify()  # a waiting source
             stop_at = self._stop_at
         late = (stop_at is not None and time.monotonic() > stop_at) or (
             self.active.sink.context.stopping.is_set()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from spark_sinks.buffer import GRACE, Batch, SinkWorker
+from spark_sinks.buffer import GRACE, Batch, SinkWorker, _Idle
 from spark_sinks.dispatch import ActiveSink, Dispatcher
 from spark_sinks.envelope import Envelope
 from spark_sinks.plugins import PluginInfo
@@ -108,7 +108,7 @@ def test_order_bound_and_counts_hold_for_any_batches(sizes, when_full, max_bytes
         seq += n
         put.append([e.data["seq"] for e in batch])
         dispatcher.dispatch(batch)
-        with worker._cond:  # over the bound only with a single batch, taken by an empty queue
+        with worker._lock:  # over the bound only with a single batch, taken by an empty queue
             assert worker._bytes <= max_bytes or len(worker._queue) == 1, worker._bytes
     sink.gate.set()
     assert worker.begin_stop(10)()
@@ -125,6 +125,72 @@ def test_order_bound_and_counts_hold_for_any_batches(sizes, when_full, max_bytes
         assert s["dropped"] == 0
     if when_full == "drop_oldest" and len(put) > 1:
         assert put[-1] in kept, "drop_oldest keeps the newest batch"
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(1, 20), st.integers(0, 200)),
+        st.tuples(st.sampled_from(["flush", "post", "hold", "release", "settle"])),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=ops, when_full=st.sampled_from(["block", "drop_newest", "drop_oldest"]))
+@example(steps=[("put", 1, 0)], when_full="block")  # one batch into a sleeping worker
+@example(steps=[("put", 1, 0), ("settle",), ("put", 1, 0)], when_full="block")
+@example(steps=[("hold",), ("put", 5, 0), ("put", 5, 0), ("release",)], when_full="drop_oldest")
+def test_the_last_batch_goes_out_without_more_input_whatever_came_before(steps, when_full):
+    """The worker lets batches gather while it is idle and is not woken for each one.
+    Whatever the interleaving of batches, flushes, posted calls, a held sink and an idle
+    worker: the last batch reaches the sink on its own (no flush, no stop, no more input),
+    in order, and the counters add up. ``settle`` waits until the worker sleeps for want
+    of work; ``hold`` makes the sink's write wait (only where a full buffer drops)."""
+    a = active(max_bytes=4096, when_full=when_full)
+    sink, worker = a.sink, a.inlet
+    assert isinstance(sink, Recorder) and isinstance(worker, SinkWorker)
+    d = Dispatcher()
+    d.add(a)
+    put: list[list[int]] = []
+    seen: list[tuple[list[int], list[int]]] = []
+    """(what the sink had when a posted call ran, every sequence number put before it)"""
+    seq = 0
+    for step in steps:
+        if step[0] == "put":
+            batch = envs(step[1], seq, step[2])
+            seq += step[1]
+            put.append([e.data["seq"] for e in batch])
+            d.dispatch(batch)
+        elif step[0] == "flush" and sink.gate.is_set():
+            assert worker.flush(10)
+        elif step[0] == "post":
+            before = [s for b in put for s in b]
+            worker.post(lambda before=before: seen.append((list(sink.got), before)))
+        elif step[0] == "hold" and when_full != "block":  # block would wait for ever
+            sink.gate.clear()
+        elif step[0] == "release":
+            sink.gate.set()
+        elif step[0] == "settle" and put and sink.gate.is_set():
+            wait_for(lambda: worker._idle is _Idle.ASLEEP)
+    sink.gate.set()
+    # no flush, no stop: the tail must go out on its own
+    wait_for(lambda: len(sink.got) + a.stats.dropped == seq)
+    s = identity(a)
+    assert (s["accepted"], s["pending"], s["failed"]) == (seq, 0, 0)
+    kept = [b for b in put if b[0] in set(sink.got)]
+    assert sink.got == [x for b in kept for x in b], "whole batches, in the order put"
+    if when_full == "block":
+        assert s["dropped"] == 0 and len(kept) == len(put)
+    for had, before in seen:  # a posted call runs after the batches put before it
+        assert had == sink.got[: len(had)]
+        assert set(had) <= set(before)
+        if when_full == "block":
+            assert had == before
+    assert worker.begin_stop(10)()
+    names = [c for c, _ in sink.calls]
+    assert names[-2:] == ["flush", "close"] and "write" not in names[names.index("close") :]
 
 
 made = st.lists(st.tuples(st.sampled_from(["data", "json", "compacted"]), st.text(max_size=60)))

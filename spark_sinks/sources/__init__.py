@@ -83,8 +83,9 @@ class Source:
 
     def counters(self) -> dict[str, int]:
         """Optional: the source's own counters (name -> count, growing over the run), shown
-        in the run's summary and the status file (``input.source``). Called from other
-        threads while ``run`` runs: return a new dict each time."""
+        in the run's summary, the status file (``input.source``), ``spark-sinks status`` and
+        the metrics (``spark_sinks_source_events_total``). Names: letters, digits, ``_.-``.
+        Called from other threads while ``run`` runs: return a new dict each time."""
         return {}
 
 

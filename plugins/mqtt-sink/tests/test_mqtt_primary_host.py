@@ -26,11 +26,11 @@ class Gateway:
     """``spark-sinks run`` reading NDJSON from a pipe, its stderr in a file, its status file
     rewritten every 0.2 s."""
 
-    def __init__(self, tmp_path: Path, block: dict[str, Any]) -> None:
-        self.status = tmp_path / "status.json"
+    def __init__(self, tmp_path: Path, block: dict[str, Any], name: str = "run") -> None:
+        self.status = tmp_path / f"{name}-status.json"
         ops = {"status_file": str(self.status), "stats_interval": 0.2}
-        cfg = write_config(tmp_path / "c.yaml", {"m": block}, operations=ops)
-        self.err_path = tmp_path / "stderr.log"
+        cfg = write_config(tmp_path / f"{name}.yaml", {"m": block}, operations=ops)
+        self.err_path = tmp_path / f"{name}-stderr.log"
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [*CLI, "run", "-c", str(cfg)],
@@ -168,3 +168,37 @@ def test_a_run_that_ends_while_the_host_is_offline_reports_the_envelopes_pending
     fencer.publish(fence, b"")
     fencer.close()
     assert [m.topic for m in sub.wait_for(1)] == [fence]
+
+
+def test_with_a_spool_what_waited_for_the_host_is_sent_by_the_next_run(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Callable[..., Client]
+) -> None:
+    """The host stays offline for a whole run: its envelopes stay in the spool, and the
+    next run, the host online, sends each record once."""
+    host_id = unique("scada")
+    state = f"spBv1.0/STATE/{host_id}"
+    spool = {"path": str(tmp_path / "spool")}
+    block, group = sparkplug_block(
+        mosquitto, qos=1, primary_host_id=host_id, spool=spool, flush_timeout=1
+    )
+    sub = subscriber(f"spBv1.0/{group}/#")
+    first = Gateway(tmp_path, block, "first")
+    try:
+        first.wait(lambda: "waiting for primary host" in first.err, "the STATE subscription")
+        first.feed(records(4))
+        first.wait(lambda: first.sink().get("pending") == 6, "six envelopes pending")
+        assert first.finish() == 1, first.err
+    finally:
+        first.kill()
+    host = Client(mosquitto).connect()
+    host.publish(state, state_payload(True, T0), retain=True)
+    second = Gateway(tmp_path, {**block, "flush_timeout": 20}, "second")
+    try:
+        assert second.finish() == 0, second.err  # no new input: the spool only
+    finally:
+        second.kill()
+        host.publish(state, b"", retain=True)
+        host.close()
+    got = sub.wait_for(3 + 4 + 1)  # NBIRTH, two DBIRTHs, four DDATA, the NDEATH at exit
+    assert record_seqs(got) == [0, 1, 2, 3]
+    assert kinds(got)[0] == "NBIRTH/gw-test" and kinds(got)[-1] == "NDEATH/gw-test"
