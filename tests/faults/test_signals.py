@@ -171,6 +171,45 @@ def test_a_signal_while_the_config_is_read_ends_the_run(tmp_path, runs):
     assert "Traceback" not in run.stderr
 
 
+def test_a_sighup_while_the_config_is_read_rereads_it_once_the_run_starts(tmp_path, runs):
+    """The operator edits the file and sends SIGHUP while spark-sinks is still reading it
+    (a FIFO holds the read): what was read may be the old file, so the run reads it again
+    once it starts. Before: the SIGHUP came before the run existed and was dropped."""
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    run = runs(tmp_path, fifo, environ())
+
+    def reader() -> int:
+        """A write end, once spark-sinks has the FIFO open for reading."""
+        fds: list[int] = []
+
+        def there() -> bool:
+            try:
+                fds.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                return False
+            return True
+
+        wait_for(there, run.proc)
+        return fds[0]
+
+    def send(fd: int, sinks: dict[str, Any]) -> None:
+        text = yaml.safe_dump({"host": "gw", "machines": MACHINES, "sinks": sinks})
+        os.write(fd, text.encode())  # far below a pipe's buffer: never blocks
+        os.close(fd)
+
+    out = {"type": "stdout"}
+    fd = reader()  # the config is being read
+    run.proc.send_signal(signal.SIGHUP)
+    send(fd, {"out": out})
+    wait_for(lambda: "sink 'out' ready" in run.stderr, run.proc)  # that read is over
+    send(reader(), {"out": out, "more": out})  # read again: the reload
+    wait_for(lambda: "reload applied" in run.stderr, run.proc)
+    run.feed(LINE, close=True)
+    assert run.proc.wait(30) == 0, run.stderr
+    assert "sink 'more' started" in run.stderr and "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("step", ["open", "check"])
 def test_a_signal_while_a_sink_hangs_in_its_start_up_ends_the_run(

@@ -169,12 +169,38 @@ class KinesisSink(Sink):
         text = (
             f"stream {cfg.stream_name!r} in {cfg.region} is {status} ({mode}, {shards} open shards)"
         )
+        self._compare_record_size(summary.get("MaxRecordSizeInKiB"))
         self._watcher.period = refresh_seconds(cfg, mode)
         self._watcher.load()
         if cfg.connection_test:
             text = f"{text}; connection test record written to {self._connection_test()}"
         self.log.info("%s; %d lanes", text, len(self._buf.lanes))
         return text
+
+    def _compare_record_size(self, kib: Any) -> None:
+        """The stream's own maximum record size (``MaxRecordSizeInKiB``: 1 MiB unless
+        ``UpdateMaxRecordSize`` raised it, up to 10 MiB; not every endpoint says) against
+        ``max_record_bytes``: a warning when records ours would send are refused, a note when
+        the stream would take larger ones."""
+        if not isinstance(kib, int) or isinstance(kib, bool) or kib <= 0:
+            return
+        stream_bytes, ours = kib * 1024, self.config.max_record_bytes
+        if ours > stream_bytes:
+            self.log.warning(
+                "max_record_bytes (%d) exceeds the stream's maximum record size (%d KiB): "
+                "Kinesis refuses the records in between, and they are dead-lettered after "
+                "the round trip; lower max_record_bytes or raise the stream's",
+                ours,
+                kib,
+            )
+        elif ours < stream_bytes:
+            self.log.info(
+                "the stream takes records up to %d KiB, max_record_bytes only %d: larger "
+                "records are dead-lettered (raise max_record_bytes to use the stream's size; "
+                "with rate_limit, shard_limits.bytes_per_second bounds it)",
+                kib,
+                ours,
+            )
 
     def _connection_test(self) -> str:
         """Write one test record; the shard it landed on."""

@@ -6,6 +6,8 @@ before any request, with its size in the reason."""
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from spark_sinks_kinesis import KinesisConfig
 from spark_sinks_kinesis.config import MiB
 
 from spark_sinks import Envelope
+from tests.support.faultproxy import FaultProxy, _Handler
 from tests.support.streams import shard_records
 
 KEY = "gw/m1"  # the partition key of host "gw", machine "m1"
@@ -56,3 +59,50 @@ def test_max_record_bytes_goes_up_to_the_10_mib_a_stream_can_be_raised_to() -> N
     assert KinesisConfig(**base, max_record_bytes=10 * MiB).max_record_bytes == 10 * MiB
     with pytest.raises(ValidationError, match="max_record_bytes"):
         KinesisConfig(**base, max_record_bytes=10 * MiB + 1)
+
+
+class RecordSizeProxy(FaultProxy):
+    """moto does not say a stream's ``MaxRecordSizeInKiB``; AWS's DescribeStreamSummary
+    does: this proxy adds it to moto's answer."""
+
+    def __init__(self, upstream: str, kib: int) -> None:
+        super().__init__(upstream)
+        self.kib = kib
+
+    def _forward(
+        self, h: _Handler, method: str, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        status, headers, payload = super()._forward(h, method, body)
+        if status == 200 and (h.headers.get("X-Amz-Target") or "").endswith("StreamSummary"):
+            answer = json.loads(payload)
+            answer["StreamDescriptionSummary"]["MaxRecordSizeInKiB"] = self.kib
+            payload = json.dumps(answer).encode()
+        return status, headers, payload
+
+
+@pytest.mark.parametrize(
+    ("kib", "ours", "expected"),
+    [
+        (1024, 2 * MiB, "exceeds the stream's maximum record size (1024 KiB)"),
+        (4096, MiB, "the stream takes records up to 4096 KiB, max_record_bytes only 1048576"),
+        (1024, MiB, None),
+    ],
+)
+def test_the_start_compares_max_record_bytes_with_the_stream_s_own_maximum(
+    moto: Any,
+    make_stream: Any,
+    caplog: pytest.LogCaptureFixture,
+    kib: int,
+    ours: int,
+    expected: str | None,
+) -> None:
+    stream = make_stream(1)
+    caplog.set_level(logging.INFO)
+    with RecordSizeProxy(moto.url, kib) as proxy:
+        sink = open_sink(proxy.url, stream, max_record_bytes=ours, rate_limit=False)
+        sink.close()
+    said = [r.getMessage() for r in caplog.records if "max_record_bytes" in r.getMessage()]
+    if expected is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and expected in said[0], said
