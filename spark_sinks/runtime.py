@@ -23,7 +23,7 @@ from .metrics import Reporter
 from .pipeline import Pipeline, Rejects
 from .plugins import Registry, load_registry
 from .sink import SinkContext, SinkStats, add_up, identity_holds, lost_anything
-from .sources import Source
+from .sources import Source, check_counters
 from .spool import Spool
 from .spooled import SpooledSink
 
@@ -206,6 +206,9 @@ class Runtime:
         self._busy = "the start-up"
         """What the pipeline thread is doing, for when a signal has to give up on it."""
         self._source: Source | None = None
+        self._counters_refused = False
+        """Whether the source's odd counters were reported (any thread; a race costs one
+        more line)."""
         """Set once by the pipeline thread before the source runs; others read its counters."""
 
     def start(self) -> None:
@@ -444,10 +447,19 @@ class Runtime:
         if source is None:
             return {}
         try:
-            return dict(source.counters())
+            checked = check_counters(source.counters())
         except Exception as exc:  # a plugin's bug costs its counters, not the report
             log.error("the source's counters failed: %s: %s", type(exc).__name__, exc)
             return {}
+        if checked.refused and not self._counters_refused:
+            self._counters_refused = True  # once a run: the reporter asks every interval
+            log.error(
+                "source %r: counters left out of the status and metrics (a name of letters, "
+                "digits, _ . or -, at most 64, and a count that is an int >= 0): %s",
+                self.config.source.type,
+                ", ".join(checked.refused),
+            )
+        return checked.valid
 
     def report(self) -> Report:
         with self._lock:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .config import format_validation_error
 from .errors import SparkSinksError
 from .sink import MAX_SECONDS, describe, lost_anything
+from .sources import COUNTER_NAME
 
 MAX_BYTES = 16 * 1024 * 1024
 """A status file is a few kB per sink; anything this large is not one."""
@@ -32,7 +33,7 @@ MAX_EPOCH = 253_402_300_799.0
 """9999-12-31T23:59:59Z: a time beyond it (or before 1970) is no status file's."""
 
 
-_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+_NAME = COUNTER_NAME
 """A source type or counter name as the status file may hold it."""
 
 

@@ -90,3 +90,23 @@ def test_an_empty_load_plugins_loads_no_third_party_plugin(probe_env):
     env = {**probe_env, "SPARK_SINKS_LOAD_PLUGINS": ""}
     listing = json.loads(spark_sinks(env, "plugins", "--json").stdout)
     assert [p["name"] for p in listing["plugins"]] == ["spark_sinks.sources"]
+
+
+def test_a_sources_odd_counters_are_left_out_and_named_once_not_a_damaged_status(
+    probe_env, tmp_path
+):
+    status = tmp_path / "status.json"
+    config = tmp_path / "c.yaml"
+    text = CONFIG.replace("PATH", str(tmp_path / "out.jsonl"))
+    text = text.replace("count: 5}", "count: 5, odd_counters: true}")
+    config.write_text(text + f"operations: {{status_file: {status}}}\n")
+    result = spark_sinks(probe_env, "run", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    refused = [line for line in result.stderr.splitlines() if "counters left out" in line]
+    assert len(refused) == 1, result.stderr
+    for name in ("per/second", "negative", "ratio", "x" * 65):
+        assert name in refused[0], refused
+    assert json.loads(status.read_text())["input"]["source"] == {"points": 5}
+    shown = spark_sinks(probe_env, "status", "-c", str(config))
+    assert "damaged" not in shown.stdout + shown.stderr
+    assert "points" in shown.stdout + shown.stderr

@@ -6,14 +6,17 @@ same hook as a third party's would be.
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from ..hookspecs import hookimpl
+from ..show import show
 
 
 class SourceConfig(BaseModel):
@@ -84,9 +87,36 @@ class Source:
     def counters(self) -> dict[str, int]:
         """Optional: the source's own counters (name -> count, growing over the run), shown
         in the run's summary, the status file (``input.source``), ``spark-sinks status`` and
-        the metrics (``spark_sinks_source_events_total``). Names: letters, digits, ``_.-``.
+        the metrics (``spark_sinks_source_events_total``). Names: letters, digits, ``_.-``
+        (``COUNTER_NAME``); the core leaves out, and names once in an error line, a
+        counter with another name or a count that is not an int of at least 0.
         Called from other threads while ``run`` runs: return a new dict each time."""
         return {}
+
+
+COUNTER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+"""What a source counter's name may be: it becomes a metrics label and a status-file key."""
+
+
+class CheckedCounters(NamedTuple):
+    valid: dict[str, int]
+    refused: list[str]
+    """The names (shown) of counters left out: a bad name, or a count that is not an int
+    of at least 0."""
+
+
+def check_counters(raw: Mapping[Any, Any]) -> CheckedCounters:
+    """A source's ``counters()`` as the core may publish them: a plugin's odd name or
+    value is left out (and named), so that it never damages the status file."""
+    valid: dict[str, int] = {}
+    refused: list[str] = []
+    for name, count in raw.items():
+        ok_name = isinstance(name, str) and re.match(COUNTER_NAME, name) is not None
+        if ok_name and type(count) is int and count >= 0:
+            valid[name] = count
+        else:
+            refused.append(show(name))
+    return CheckedCounters(valid, refused)
 
 
 @hookimpl
