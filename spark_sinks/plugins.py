@@ -20,6 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .names import RULE, valid_name
 
 if TYPE_CHECKING:
     from .sink import Sink
@@ -148,6 +149,9 @@ def _registrar(
         name = getattr(cls, "type_name", "")
         if not name:
             raise PluginError(f"{kind} class {cls!r} has no type_name")
+        # it becomes a metrics label and a status-file key, as a source counter's name does
+        if not valid_name(name):
+            raise PluginError(f"{kind} type {name!r}: a type name is {RULE}")
         if name in target:
             other = target[name].plugin.name
             raise PluginError(f"{kind} type {name!r} is already provided by {other!r}")

@@ -20,6 +20,7 @@ from .config import Config, SinkSpec, load_config
 from .dispatch import ActiveSink, Dispatcher
 from .errors import ConfigError, SinkError, SparkSinksError
 from .metrics import Reporter
+from .names import RULE
 from .pipeline import Pipeline, Rejects
 from .plugins import Registry, load_registry
 from .sink import SinkContext, SinkStats, add_up, identity_holds, lost_anything
@@ -454,9 +455,10 @@ class Runtime:
         if checked.refused and not self._counters_refused:
             self._counters_refused = True  # once a run: the reporter asks every interval
             log.error(
-                "source %r: counters left out of the status and metrics (a name of letters, "
-                "digits, _ . or -, at most 64, and a count that is an int >= 0): %s",
+                "source %r: counters left out of the status and metrics (a name of %s, "
+                "and a count that is an int >= 0): %s",
                 self.config.source.type,
+                RULE,
                 ", ".join(checked.refused),
             )
         return checked.valid

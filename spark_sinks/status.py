@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import format_validation_error
 from .errors import SparkSinksError
+from .names import NAME
 from .sink import MAX_SECONDS, describe, lost_anything
-from .sources import COUNTER_NAME
 
 MAX_BYTES = 16 * 1024 * 1024
 """A status file is a few kB per sink; anything this large is not one."""
@@ -33,7 +33,7 @@ MAX_EPOCH = 253_402_300_799.0
 """9999-12-31T23:59:59Z: a time beyond it (or before 1970) is no status file's."""
 
 
-_NAME = COUNTER_NAME
+_NAME = NAME
 """A source type or counter name as the status file may hold it."""
 
 

@@ -158,6 +158,7 @@ def test_hooks_pluggy_would_silently_ignore_are_reported(sites):
     result = spark_sinks(env, "plugins", "--json")
     broken = json.loads(result.stdout)["broken"]
     broken.pop("duplicate", None) or broken.pop("stdout")
+    broken.pop("badname")
     assert broken == {
         "forgot-hookimpl": "defines spark_sinks_register_sink_types without @hookimpl, "
         "so it is never called",
@@ -180,4 +181,13 @@ def test_a_sink_type_provided_twice_names_both_plugins(sites):
             "stdout": "spark_sinks_register_sink_types raised PluginError: "
             "sink type 'stdout' is already provided by 'duplicate'"
         },
+    )
+
+
+def test_a_type_name_outside_letters_digits_and_dots_is_refused_with_its_plugin(sites):
+    env = environ(sites["spark-sinks-mistakes"])
+    broken = json.loads(spark_sinks(env, "plugins", "--json").stdout)["broken"]
+    assert broken["badname"] == (
+        "spark_sinks_register_sink_types raised PluginError: sink type 'my sink': a type "
+        "name is letters, digits, _ . or - (at most 64 characters)"
     )

@@ -6,7 +6,6 @@ same hook as a third party's would be.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from ..hookspecs import hookimpl
+from ..names import valid_name
 from ..show import show
 
 
@@ -88,14 +88,10 @@ class Source:
         """Optional: the source's own counters (name -> count, growing over the run), shown
         in the run's summary, the status file (``input.source``), ``spark-sinks status`` and
         the metrics (``spark_sinks_source_events_total``). Names: letters, digits, ``_.-``
-        (``COUNTER_NAME``); the core leaves out, and names once in an error line, a
+        (``names.NAME``); the core leaves out, and names once in an error line, a
         counter with another name or a count that is not an int of at least 0.
         Called from other threads while ``run`` runs: return a new dict each time."""
         return {}
-
-
-COUNTER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
-"""What a source counter's name may be: it becomes a metrics label and a status-file key."""
 
 
 class CheckedCounters(NamedTuple):
@@ -111,8 +107,7 @@ def check_counters(raw: Mapping[Any, Any]) -> CheckedCounters:
     valid: dict[str, int] = {}
     refused: list[str] = []
     for name, count in raw.items():
-        ok_name = isinstance(name, str) and re.match(COUNTER_NAME, name) is not None
-        if ok_name and type(count) is int and count >= 0:
+        if valid_name(name) and type(count) is int and count >= 0:
             valid[name] = count
         else:
             refused.append(show(name))
