@@ -80,3 +80,27 @@ def test_concurrent_conditional_updates_of_one_item_keep_the_newest(moto):
     for k in keys:
         item = db.get_item(TableName=table, Key={"pk": {"S": k}})["Item"]
         assert item["version"] == {"N": "2"}, (k, item)
+
+
+def test_a_port_taken_before_moto_binds_it_is_given_up_for_another(monkeypatch):
+    import socket
+
+    from tests.support import moto_server
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()  # accepts, never answers: what another test's server looks like
+    ports = iter([taken.getsockname()[1]])
+    real = moto_server.free_port
+    monkeypatch.setattr(moto_server, "free_port", lambda: next(ports, None) or real())
+    server = moto_server.MotoServer()
+    try:
+        assert server.port == taken.getsockname()[1]
+        server.start()
+        assert server.port != taken.getsockname()[1]
+        k = server.client("kinesis")
+        k.create_stream(StreamName="after-retry", ShardCount=1)
+        assert k.list_streams()["StreamNames"] == ["after-retry"]
+    finally:
+        server.stop()
+        taken.close()
