@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -81,3 +82,19 @@ def run_cli(
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+_METRICS_AT = re.compile(rb"Prometheus metrics on http://[^:]+:(\d+)/metrics")
+
+
+def metrics_port(stderr: IO[bytes], seen: list[bytes] | None = None) -> int:
+    """The port a run started with ``metrics_port: 0`` serves on, read from the line it
+    logs. A port chosen by the test and bound later by the run can be taken in between
+    by another process; port 0 cannot. Lines read on the way go to ``seen``."""
+    for line in iter(stderr.readline, b""):
+        if seen is not None:
+            seen.append(line)
+        found = _METRICS_AT.search(line)
+        if found:
+            return int(found.group(1))
+    raise AssertionError(f"the run never said where its metrics are: {seen}")

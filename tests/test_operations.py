@@ -10,8 +10,7 @@ import urllib.request
 
 import yaml
 
-from tests.helpers import CLI, MACHINES, run_cli
-from tests.support.moto_server import free_port
+from tests.helpers import CLI, MACHINES, metrics_port, run_cli
 
 
 def start(tmp_path, **operations):
@@ -49,9 +48,10 @@ def poll(fn, timeout=15):
 
 
 def test_metrics_endpoint_counts_deliveries(tmp_path):
-    port = free_port()
-    _, proc = start(tmp_path, metrics_port=port, stats_interval=0)
+    _, proc = start(tmp_path, metrics_port=0, stats_interval=0)
+    seen: list[bytes] = []
     try:
+        port = metrics_port(proc.stderr, seen)
 
         def scrape():
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
@@ -70,7 +70,7 @@ def test_metrics_endpoint_counts_deliveries(tmp_path):
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     # --log-format json: every stderr line is one JSON object
-    for line in err.decode().splitlines():
+    for line in b"".join([*seen, err]).decode().splitlines():
         assert json.loads(line)["level"] in {"INFO", "WARNING"}
 
 

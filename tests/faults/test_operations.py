@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from spark_sinks.cli import main
-from tests.helpers import CLI, MACHINES, run_cli
-from tests.support.moto_server import FAKE_CREDENTIALS, free_port
+from tests.helpers import CLI, MACHINES, metrics_port, run_cli
+from tests.support.moto_server import FAKE_CREDENTIALS
 from tests.support.streams import new_stream
 
 HEADLINES = ("OK: ", "PROBLEM: ", "STALE: ", "EXITED: ")
@@ -377,17 +377,17 @@ def test_an_unwritable_status_file_is_refused_before_any_data(tmp_path, command,
 
 
 def test_check_accepts_the_metrics_port_of_a_running_spark_sinks(tmp_path):
-    port = free_port()
-    cfg = write_config(tmp_path, metrics_port=port)
+    (tmp_path / "run").mkdir()
     proc = subprocess.Popen(
-        [*CLI, "run", "-c", str(cfg)],
+        [*CLI, "run", "-c", str(write_config(tmp_path / "run", metrics_port=0))],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
+        port = metrics_port(proc.stderr)
         wait_until(lambda: _port_answers(port))
-        result = run_cli("check", "-c", str(cfg))
+        result = run_cli("check", "-c", str(write_config(tmp_path, metrics_port=port)))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -398,8 +398,7 @@ def test_check_accepts_the_metrics_port_of_a_running_spark_sinks(tmp_path):
 def test_a_status_file_that_becomes_unwritable_mid_run_never_stops_delivery(tmp_path):
     run_dir = tmp_path / "run"
     status = run_dir / "status.json"
-    port = free_port()
-    cfg = write_config(tmp_path, status_file=str(status), stats_interval=0.1, metrics_port=port)
+    cfg = write_config(tmp_path, status_file=str(status), stats_interval=0.1, metrics_port=0)
     proc = subprocess.Popen(
         [*CLI, "run", "-c", str(cfg)],
         stdin=subprocess.PIPE,
@@ -407,6 +406,8 @@ def test_a_status_file_that_becomes_unwritable_mid_run_never_stops_delivery(tmp_
         stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None
+    seen: list[bytes] = []
+    port = metrics_port(proc.stderr, seen)
     proc.stdin.write(LINE * 5)
     proc.stdin.flush()
     wait_until(lambda: status.exists() and orjson.loads(status.read_bytes())["input"]["items"] == 5)
@@ -414,7 +415,7 @@ def test_a_status_file_that_becomes_unwritable_mid_run_never_stops_delivery(tmp_
     run_dir.write_text("now a file: the status file cannot be written, not even by root")
     wait_until(lambda: _scrape(port).get("spark_sinks_status_write_errors_total", 0) >= 2)
     out, err = proc.communicate(LINE * 5, timeout=30)
-    text = err.decode()
+    text = b"".join([*seen, err]).decode()
     assert proc.returncode == 0, text  # everything was delivered
     assert len(out.splitlines()) == 3 + 10  # the metadata of 3 machines, then 10 records
     assert "sink 'out': 13 accepted, 13 delivered" in text
