@@ -223,28 +223,7 @@ class Runtime:
         self.reporter.open(str(self.config.path))
         enabled = [spec for spec in self.config.sinks.values() if spec.config.enabled]
         for spec in enabled:
-            if self.stop.is_set():
-                with self._lock:
-                    self._start_failures[spec.name] = _NotStarted(
-                        f"stopped by {self.stopped_by}", 0
-                    )
-                continue
-            try:
-                self.dispatcher.add(self._start(spec, self.config.host))
-            except SinkError as exc:
-                if self.stop.is_set():
-                    why = f"stopped by {self.stopped_by} during its start-up ({exc})"
-                    with self._lock:
-                        self._start_failures[spec.name] = _NotStarted(why, 0)
-                    continue
-                if len(enabled) > 1:
-                    log.error("%s; running without it (SIGHUP retries)", exc)
-                with self._lock:
-                    self._start_failures[spec.name] = _NotStarted(str(exc), 0)
-            except SparkSinksError:  # e.g. a spool in use: refuse to start at all
-                for a in self.dispatcher.sinks:
-                    self._retire(a)
-                raise
+            self._start_first(spec, others=len(enabled) > 1)
         if self.stop.is_set():
             return
         if enabled and not self.dispatcher.sinks:
@@ -254,6 +233,31 @@ class Runtime:
         self.reporter.start()
         if self.config.operations.watch_config:
             threading.Thread(target=self._watch, name="config-watch", daemon=True).start()
+
+    def _start_first(self, spec: SinkSpec, others: bool) -> None:
+        """Start one sink at the run's start; one that cannot start is noted, not fatal
+        (``start`` decides), unless its spool refuses (in use, unreadable)."""
+        if self.stop.is_set():
+            self._not_started(spec.name, f"stopped by {self.stopped_by}")
+            return
+        try:
+            self.dispatcher.add(self._start(spec, self.config.host))
+        except SinkError as exc:
+            if self.stop.is_set():
+                why = f"stopped by {self.stopped_by} during its start-up ({exc})"
+                self._not_started(spec.name, why)
+                return
+            if others:
+                log.error("%s; running without it (SIGHUP retries)", exc)
+            self._not_started(spec.name, str(exc))
+        except SparkSinksError:  # e.g. a spool in use: refuse to start at all
+            for a in self.dispatcher.sinks:
+                self._retire(a)
+            raise
+
+    def _not_started(self, name: str, why: str) -> None:
+        with self._lock:
+            self._start_failures[name] = _NotStarted(why, 0)
 
     def _start(self, spec: SinkSpec, host: str) -> ActiveSink:
         """``start_sink``, stoppable by a signal while it runs (see ``request_stop``)."""

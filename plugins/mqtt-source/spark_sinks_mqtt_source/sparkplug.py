@@ -228,22 +228,7 @@ class SparkplugDecoder:
         changed = False
         stale = 0
         for m in payload.metrics:
-            name = (
-                m.name
-                if m.name is not None
-                else device.aliases.get(m.alias)
-                if m.alias is not None
-                else None
-            )
-            if name is None:
-                self._rebirth(
-                    Node(*key[:2]), f"metric alias {m.alias} of device {key[2]!r} is unknown"
-                )
-                asked = " (a rebirth is requested)" if self.request_rebirth else ""
-                raise self.bad(
-                    f"metric alias {m.alias} of device {key[2]!r} is unknown: no DBIRTH"
-                    f" seen since this source started{asked}"
-                )
+            name = self._metric_name(key, device, m)
             var = device.machine.variables.get(name)
             if var is None:
                 continue
@@ -264,6 +249,21 @@ class SparkplugDecoder:
             return []
         time_ms = newest if newest is not None else payload.timestamp
         return [{"machine": device.machine.name, "time": time_ms, "values": dict(device.values)}]
+
+    def _metric_name(self, key: DeviceKey, device: _Device, m: codec.Metric) -> str:
+        """A metric's name, or the one its alias had in the device's DBIRTH; an unknown
+        alias makes the message bad and asks the node for a rebirth."""
+        if m.name is not None:
+            return m.name
+        name = device.aliases.get(m.alias) if m.alias is not None else None
+        if name is not None:
+            return name
+        self._rebirth(Node(*key[:2]), f"metric alias {m.alias} of device {key[2]!r} is unknown")
+        asked = " (a rebirth is requested)" if self.request_rebirth else ""
+        raise self.bad(
+            f"metric alias {m.alias} of device {key[2]!r} is unknown: no DBIRTH"
+            f" seen since this source started{asked}"
+        )
 
     def _stale(self, key: DeviceKey, seq: int | None, n: int) -> None:
         self.stale_values += n
