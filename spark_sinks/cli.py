@@ -42,7 +42,8 @@ CONFIG_OPTION = click.option(
 
 
 def _load(path: Path) -> tuple[Config, Registry]:
-    registry = load_registry()
+    # only the plugins the config names: importing one can cost more than the rest of a start
+    registry = load_registry(everything=False)
     return load_config(path, registry), registry
 
 
