@@ -48,7 +48,7 @@ def write(tmp_path, source, sinks):
     return str(path)
 
 
-# The console script's own entry function, and the plugin modules loaded when it exits.
+# The console script's own entry function, and the modules loaded when it exits.
 RECORDING = """\
 import atexit, sys
 record = lambda: sys.stderr.write("MODULES " + " ".join(sorted(sys.modules)) + "\\n")
@@ -58,8 +58,8 @@ main()
 """
 
 
-def traced(env, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """``spark-sinks ARGS``, and the plugin modules it had imported when it exited."""
+def modules_at_exit(env, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``spark-sinks ARGS``, and every module it had imported when it exited."""
     result = subprocess.run(
         [sys.executable, "-c", RECORDING, *args],
         env=env,
@@ -69,7 +69,13 @@ def traced(env, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]
         cwd=ROOT,
     )
     [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("MODULES ")]
-    return result, set(line.split()[1:]) & PLUGIN_MODULES
+    return result, set(line.split()[1:])
+
+
+def traced(env, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``spark-sinks ARGS``, and the plugin modules it had imported when it exited."""
+    result, modules = modules_at_exit(env, *args)
+    return result, modules & PLUGIN_MODULES
 
 
 def test_a_stdout_config_imports_no_other_plugin_and_meets_no_broken_one(env, tmp_path):
@@ -147,3 +153,46 @@ def test_a_reload_can_add_a_sink_of_a_plugin_not_loaded_yet(env, tmp_path):
     probed = [json.loads(line) for line in out.read_text().splitlines()]
     assert any(is_record(2)(e) for e in probed), probed
     assert "sink 'p': " in run.stderr_text
+
+
+# Imported only by what needs them: a run without metrics, status file reading, Kinesis
+# or Sparkplug pays for none of them.
+HEAVY = {
+    "prometheus_client": "metrics_port set",
+    "urllib.request": "metrics_port set and taken (is it our own endpoint?)",
+    "spark_sinks.status": "spark-sinks status",
+    "botocore": "a kinesis sink",
+    "google.protobuf": "Sparkplug B (mqtt format: sparkplug_b, or a Sparkplug source)",
+    "spark_sinks_sparkplug.codec": "Sparkplug B",
+}
+
+
+def test_a_stdout_run_imports_nothing_heavy_it_does_not_use(env, tmp_path):
+    result, modules = modules_at_exit(
+        env, "run", "-c", write(tmp_path, SIMULATOR, {"out": {"type": "stdout"}})
+    )
+    assert result.returncode == 0, result.stderr
+    assert {m: why for m, why in HEAVY.items() if m in modules} == {}
+
+
+def test_the_mqtt_plugins_with_json_import_no_sparkplug_codec(tmp_path):
+    """Their modules, and an MQTT sink configured for JSON (its config validated, the sink
+    built); the sparkplug package's names still import from where they always did."""
+    probe = """\
+import sys
+import spark_sinks_mqtt_sink, spark_sinks_mqtt_source
+from spark_sinks_mqtt_sink import MqttSink, MqttSinkConfig
+from spark_sinks import SinkContext
+cfg = MqttSinkConfig(type="mqtt", host="127.0.0.1", port=1)
+sink = MqttSink(cfg, SinkContext("m", "gw"))
+print(sorted(m for m in sys.modules if m.startswith(("google.protobuf", "spark_sinks_sparkplug"))))
+from spark_sinks_sparkplug import SparkplugError, decode
+print(decode.__module__, SparkplugError.__module__)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    loaded, public = result.stdout.splitlines()
+    assert "google.protobuf" not in loaded and "spark_sinks_sparkplug.codec" not in loaded
+    assert public == "spark_sinks_sparkplug.codec spark_sinks_sparkplug.errors"
