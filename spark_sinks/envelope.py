@@ -71,15 +71,23 @@ class Envelope:
     def from_json(cls, raw: bytes | str, machine: str | None = None) -> Envelope:
         """Rebuild an envelope from its JSON (spool replay, tests, consumers).
 
-        ``data`` stays encoded until asked for; pass ``machine`` when known."""
+        ``data`` stays encoded until asked for; pass ``machine`` when known. Raises
+        ``ValueError`` for anything else than an envelope's JSON (a damaged spool row)."""
         obj = orjson.loads(raw)
+        if not (
+            isinstance(obj, dict)
+            and isinstance(obj.get("type"), str)
+            and isinstance(obj.get("host"), str)
+            and isinstance(obj.get("data"), dict)
+        ):
+            raise ValueError('not a JSON object with a text "type" and "host" and a "data" object')
         if machine is None:
             data = obj["data"]
-            if isinstance(data, dict):
-                machine = data.get("machine")
-                info = data.get("info")
-                if machine is None and isinstance(info, dict):
-                    machine = info.get("name")
+            machine = data.get("machine")
+            info = data.get("info")
+            if machine is None and isinstance(info, dict):
+                machine = info.get("name")
+            machine = machine if isinstance(machine, str) else None  # a route is text
         raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
         return cls(obj["type"], obj["host"], None, machine, raw_bytes)
 

@@ -11,10 +11,14 @@ is cheap. One file per sink: ``<path>/<sink name>.spool.sqlite3``, created 0600.
 Next to the spool file:
 
 - ``<sink>.spool.lock``: one process per spool (``flock``); a second one refuses
-  to start, naming the holder's pid, instead of sending everything twice.
+  to start, naming the holder's pid, instead of sending everything twice. The spool
+  file itself is ``flock``ed too: a lock file removed while a run holds it (a cleaner,
+  an operator taking it for stale) would otherwise let a second process in.
 - ``<sink>.spool.reserve``: a little disk space set aside at open and given back
   when deleting delivered rows fails for lack of space, so that a full disk
   cannot wedge the spool (deleting in SQLite needs space for its log first).
+- ``<sink>.spool.damaged.jsonl``: rows that held no envelope (damaged on disk), set
+  aside by the feeder with their bytes, so that one bad row never stops the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,6 +50,9 @@ _MARGIN = 512 * 1024
 _WAL_PAGES = 64
 """Pages in the write-ahead log before a checkpoint (SQLite's default is 1000)."""
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+SCHEMA_VERSION = 1
+"""The spool's layout, kept in SQLite's ``user_version`` (0: written before it was kept,
+the same layout). A spool of a later version is refused, never read or set aside."""
 LOG_EVERY = 10.0
 """Seconds between two log lines of one repeating problem."""
 
@@ -79,10 +86,15 @@ class Spool:
         self.file = directory / f"{name}.spool.sqlite3"
         self.lock_file = directory / f"{name}.spool.lock"
         self.reserve_file = directory / f"{name}.spool.reserve"
+        self.damaged_file = directory / f"{name}.spool.damaged.jsonl"
+        """Rows that held no envelope, set aside by the feeder (``spooled.py``)."""
         self.config = config
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._data_fd: int | None = None
+        """Holds the ``flock`` on the spool file; closed only after SQLite's connection
+        (closing a descriptor of the file drops the process's POSIX locks on it)."""
         self.bytes = 0
         """Envelope bytes in the spool (the ``max_bytes`` bound applies to these)."""
         self.rows = 0
@@ -110,10 +122,12 @@ class Spool:
         files.private_dir(self.file.parent)
         self._take_lock()
         try:
+            self._lock_data()
             try:
                 waiting = self._connect()
             except _Corrupt as exc:
                 self._set_aside(str(exc))
+                self._lock_data()
                 waiting = self._connect()
         except BaseException:
             self.close()
@@ -127,21 +141,50 @@ class Spool:
             fd = files.open_private(self.lock_file, os.O_RDWR)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool lock {self.lock_file}: {exc}") from None
+
+        def holder() -> str:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            return f"pid {pid}, lock {self.lock_file.name}"
+
+        self._flock(fd, holder)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _lock_data(self) -> None:
+        """``flock`` the spool file itself (created empty if missing: SQLite takes an empty
+        file for a new database)."""
+        self._close_data_fd()
+        try:
+            fd = files.open_private(self.file, os.O_RDWR)
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot read spool file {self.file}: {exc.strerror or exc}; refusing "
+                "to start (the file is left as it is)"
+            ) from None
+        self._flock(
+            fd, lambda: f"its lock file {self.lock_file.name} was removed or replaced meanwhile"
+        )
+        self._data_fd = fd
+
+    def _flock(self, fd: int, holder: Callable[[], str]) -> None:
+        """Lock ``fd`` for this process, or close it and refuse, saying who holds it."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            who = holder()
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise SpoolError(f"cannot lock the spool {self.file}: {exc}") from None
             raise SpoolError(
-                f"spool {self.file} is in use by another spark-sinks process (pid {holder}, "
-                f"lock {self.lock_file.name}): two processes on one spool would send "
-                "everything twice; refusing to start"
+                f"spool {self.file} is in use by another spark-sinks process ({who}): two "
+                "processes on one spool would send everything twice; refusing to start"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+
+    def _close_data_fd(self) -> None:
+        if self._data_fd is not None:
+            os.close(self._data_fd)
+            self._data_fd = None
 
     def _readable(self) -> None:
         """Refuse what cannot be read before SQLite sees it: an unreadable file is not a
@@ -161,6 +204,14 @@ class Spool:
         db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None)
         self._db = db
         try:
+            # before anything that could change the file (the switch to WAL does)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {self.file} was written by a newer spark-sinks (spool version "
+                    f"{version}; this one reads up to {SCHEMA_VERSION}): refusing to start "
+                    "(the file is left as it is; run the newer version to empty it)"
+                )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.config.sync.upper()}")
             # A short log, checkpointed often: rows live in the main file, and a full disk
@@ -174,9 +225,15 @@ class Spool:
                 "CREATE TABLE IF NOT EXISTS spool ("
                 " id INTEGER PRIMARY KEY AUTOINCREMENT, machine TEXT, size INTEGER, body BLOB)"
             )
+            if version < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             count, size = db.execute(
                 "SELECT count(*), coalesce(sum(size), 0) FROM spool"
             ).fetchone()
+        except (_Corrupt, SpoolError):
+            db.close()
+            self._db = None
+            raise
         except sqlite3.DatabaseError as exc:
             db.close()
             self._db = None
@@ -368,6 +425,7 @@ class Spool:
                 self.left = self.rows
                 self._db.close()
                 self._db = None
+            self._close_data_fd()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None

@@ -11,16 +11,41 @@ is sent again on the next start.
 
 from __future__ import annotations
 
+import base64
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+import orjson
+
+from . import files
 from .envelope import Envelope
 from .errors import SinkError
 from .sink import Sink
-from .spool import LOG_EVERY, Spool
+from .spool import LOG_EVERY, Row, Spool
+
+
+class _Damaged(NamedTuple):
+    """A spool row that holds no envelope, and why."""
+
+    row: Row
+    reason: str
+
+    def entry(self) -> dict[str, Any]:
+        """Its line in the damaged-rows file: the bytes exactly, as base64."""
+        body = self.row.body
+        if isinstance(body, str):
+            body = body.encode(errors="surrogatepass")
+        raw = body if isinstance(body, bytes) else None
+        return {
+            "row": self.row.id,
+            "machine": self.row.machine if isinstance(self.row.machine, str) else None,
+            "reason": self.reason,
+            "body_base64": None if raw is None else base64.b64encode(raw).decode(),
+        }
 
 
 class SpooledSink(Sink):
@@ -255,11 +280,48 @@ class SpooledSink(Sink):
                 return []
             # claim the rows before writing, so drop_oldest never drops what the sink holds
             self._previous, self._cursor = self._cursor, rows[-1].id
-            self._writing = True
-            batch = [Envelope.from_json(r.body, r.machine) for r in rows]
-            for env, r in zip(batch, rows, strict=True):
+            batch: list[Envelope] = []
+            damaged: list[_Damaged] = []
+            for r in rows:
+                try:
+                    env = Envelope.from_json(
+                        r.body, r.machine if isinstance(r.machine, str) else None
+                    )
+                except ValueError as exc:
+                    damaged.append(_Damaged(r, str(exc)))
+                    continue
+                batch.append(env)
                 self._rowids[id(env)] = r.id
+            self._writing = bool(batch)
+            if damaged:
+                self._set_aside(damaged)
         return batch
+
+    def _set_aside(self, damaged: list[_Damaged]) -> None:
+        """Rows that hold no envelope (damaged on disk): no sink can ever take them, and
+        left in place they would stop every row behind them. Their bytes go to
+        ``<sink>.spool.damaged.jsonl`` and they leave the spool, counted failed; when
+        that file cannot be written they stay in the spool (pending) for the next start.
+        The caller holds ``_cond``."""
+        ids = [d.row.id for d in damaged]
+        try:
+            with files.append_private(self.spool.damaged_file) as out:
+                out.write(b"".join(orjson.dumps(d.entry()) + b"\n" for d in damaged))
+        except OSError as exc:
+            self._held.update(ids)
+            self._loud(
+                "damaged", f"cannot set damaged spool rows aside ({exc}): they stay in the spool"
+            )
+            return
+        self.spool.delete(ids)
+        self.stats.add("failed", len(damaged))
+        for d in damaged:
+            msg = (
+                f"spool {self.spool.file} row {d.row.id} is damaged ({d.reason}): no sink can "
+                f"take it; its bytes are kept in {self.spool.damaged_file.name}, counted failed"
+            )
+            self.stats.error(msg)
+            self.log.error("%s", msg)
 
     def _hand_over(self, batch: list[Envelope]) -> None:
         ctx = self.context

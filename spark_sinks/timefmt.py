@@ -25,6 +25,9 @@ _MS = timedelta(milliseconds=1)
 _last: list[Any] = [None, ""]
 """The last second formatted, and its text: consecutive samples share their second."""
 
+_MS_TEXT = tuple(f"{ms:03d}Z" for ms in range(1000))
+"""The end of a canonical time, by millisecond: cheaper than formatting it each time."""
+
 _last_date: list[str] = [""]
 """The last canonical date found valid: consecutive samples share their day."""
 
@@ -53,7 +56,8 @@ def format_ms(epoch_ms: int) -> str:
         # isoformat, not strftime: %Y leaves out the leading zeros of years before 1000
         last[1] = f"{datetime.fromtimestamp(sec, UTC).isoformat(timespec='seconds')[:19]}."
         last[0] = sec
-    return f"{last[1]}{ms:03d}Z"
+    second: str = last[1]
+    return second + _MS_TEXT[ms]
 
 
 def _outside(value: object) -> ValueError:

@@ -285,3 +285,76 @@ def test_a_bad_item_from_a_source_is_named_by_where_and_line(tmp_path, where, li
     assert [d["where"] for d in dead] == [named]
     assert 'unknown machine "ghost"' in dead[0]["reason"]
     assert pipeline.items == 1
+
+
+_FORMATS = ["int8", "uint8", "int32", "uint64", "int64", "float", "double", "bool", "string"]
+_FORMATS += ["char", "object", "any", "boolean"]
+_hostile_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([2**8 - 1, 2**8, -(2**7) - 1, 2**31, 2**63, 2**64 - 1, 2**64, 2**70]),
+    st.floats(),
+    st.text(max_size=5),
+    st.lists(st.none() | st.integers(-300, 300) | st.floats() | st.text(max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+def _outcome(fn):
+    try:
+        return [e.to_json() for e in fn()]
+    except InputError as exc:
+        return f"InputError: {exc}"
+
+
+@settings(deadline=None, max_examples=300)
+@given(data=st.data())
+def test_the_fast_path_gives_the_bytes_and_errors_of_the_checked_one(data):
+    """``add_record`` takes a shortcut for the usual record (every variable, configured
+    order, plain types); whatever the definitions (``%`` and quotes in names, host and
+    descriptions), values, order and time, it must answer exactly as the general path."""
+    text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)
+    names = data.draw(
+        st.lists(
+            text | st.sampled_from(["%b", "%%", "%s", '"']), min_size=1, max_size=5, unique=True
+        )
+    )
+    variables = {
+        n: {"format": data.draw(st.sampled_from(_FORMATS))}
+        | ({"description": data.draw(text)} if data.draw(st.booleans()) else {})
+        for n in names
+    }
+    machine = data.draw(text | st.just("p%b"))
+    host = data.draw(text | st.just("gw%"))
+    ms = machines({machine: {"info": {"name": machine}, "variables": variables}})
+    values = {n: data.draw(_hostile_values) for n in names if data.draw(st.integers(0, 9))}
+    if data.draw(st.booleans()):  # any order, not only the configured one
+        keys = data.draw(st.permutations(list(values)))
+        values = {k: values[k] for k in keys}
+    when = data.draw(st.sampled_from([T0, 1790000000123, -(2**62), "2026-02-30T00:00:00.000Z"]))
+    mode = data.draw(st.sampled_from(["drop", "emit"]))
+    fast, checked = Assembler(ms, host, mode), Assembler(ms, host, mode)
+
+    got = _outcome(lambda: fast.add_record(machine, values, when))
+    expected = _outcome(lambda: checked._checked_record(ms[machine], values, when))
+
+    assert got == expected
+    assert fast.incomplete_emitted == checked.incomplete_emitted
+
+
+def test_the_fast_path_is_taken_and_remembers_a_bounded_number_of_type_signatures():
+    defs = {
+        "m": {"info": {"name": "m"}, "variables": {f"v{i}": {"format": "any"} for i in range(6)}}
+    }
+    a = Assembler(machines(defs), "gw")
+    kinds = [None, True, 1, 1.5, "s", [1]]  # 6**6 signatures, "any" takes them all
+    sent = 0
+    for i in range(200):
+        values = {f"v{j}": kinds[(i // 6**j) % 6] for j in range(6)}
+        [env] = a.add_record("m", values, T0)
+        assert env.data["attributes"]["v5"]["value"] == values["v5"]
+        sent += 1
+    remembered = a._fast["m"]._signatures
+    assert 0 < len(remembered) <= 32
+    assert sent == 200

@@ -1,0 +1,196 @@
+"""The spool attacked from outside the process: rows damaged on disk (SQLite keeps no
+checksum of a row's bytes, so a bad sector or a hand edit passes its integrity check), a
+lock file removed by a cleaner while a run holds it, and a spool written by a newer
+version. Real `spark-sinks run` processes with the stdout sink and a disk buffer."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from tests.faults.spoolkit import StderrLines, wait_until
+from tests.helpers import CLI
+
+MACHINE = {"info": {"name": "m0"}, "variables": {"seq": {"name": "seq", "format": "int64"}}}
+SCHEMA = (
+    "CREATE TABLE spool ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, machine TEXT, size INTEGER, body BLOB)"
+)
+
+
+def write_config(tmp_path: Path) -> Path:
+    cfg = {
+        "host": "gw",
+        "machines": {"m0": MACHINE},
+        "source": {"type": "ndjson", "path": "-"},
+        "sinks": {
+            "out": {
+                "type": "stdout",
+                "format": "json",
+                "buffer": {"type": "disk", "path": str(tmp_path / "spool"), "sync": "normal"},
+            }
+        },
+        "operations": {"status_file": str(tmp_path / "status.json"), "stats_interval": 0.2},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def record(seq: int) -> bytes:
+    data = {"machine": "m0", "time": "2026-12-01T00:00:00.000Z", "attributes": {"seq": seq}}
+    return orjson.dumps({"type": "record", "host": "gw", "data": data})
+
+
+def make_spool(tmp_path: Path, rows: list[tuple[Any, Any]], version: int = 0) -> Path:
+    """A spool file as an earlier run left it: rows ``(machine, body)`` in order."""
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    path = directory / "out.spool.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(SCHEMA)
+    db.executemany(
+        "INSERT INTO spool (machine, size, body) VALUES (?, ?, ?)",
+        [(m, len(b) if isinstance(b, bytes | str) else 0, b) for m, b in rows],
+    )
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    path.chmod(0o600)
+    return path
+
+
+def run(cfg: Path, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*CLI, "run", "-c", str(cfg)], input=data, capture_output=True, timeout=120
+    )
+
+
+def records_out(stdout: bytes) -> list[bytes]:
+    return [ln for ln in stdout.splitlines() if orjson.loads(ln)["type"] == "record"]
+
+
+DAMAGED: list[tuple[Any, Any]] = [
+    ("m0", b"garbage"),  # not JSON
+    ("m0", None),  # no body at all
+    ("m0", b"[1, 2]"),  # JSON, not an object
+    ("m0", b'{"type": "record", "host": "gw"}'),  # no data: a sink would fail on it forever
+    ("m0", b'{"type": 7, "host": "gw", "data": {}}'),
+    ("m0", b"\xff\xfe\x00junk"),  # not UTF-8
+    ("m0", b'{"type": "record", "host": "gw", "data": [1]}'),
+]
+
+
+def test_damaged_rows_are_set_aside_and_every_good_row_around_them_is_delivered(
+    tmp_path: Path,
+) -> None:
+    """One damaged row used to kill the spool's feeder thread (a traceback), so nothing,
+    not even the rows before it, was delivered, in this run or any later one."""
+    rows: list[tuple[Any, Any]] = []
+    good: list[bytes] = []
+    for i, bad in enumerate(DAMAGED):
+        good += [record(2 * i), record(2 * i + 1)]
+        rows += [("m0", good[-2]), bad, (17, good[-1])]  # a machine that is no text: kept
+    make_spool(tmp_path, rows)
+    cfg = write_config(tmp_path)
+
+    first = run(cfg)
+    err = first.stderr.decode()
+    assert "Traceback" not in err, err[-3000:]
+    assert records_out(first.stdout) == good, err[-3000:]
+    assert first.returncode == 1, err[-3000:]  # damaged rows are a loss: never exit 0
+    damaged_lines = [
+        ln for ln in err.splitlines() if "spark_sinks.sink.out: " in ln and "is damaged" in ln
+    ]
+    assert len(damaged_lines) == len(DAMAGED), err[-3000:]
+    for ln, row_id in zip(damaged_lines, range(2, 3 * len(DAMAGED), 3), strict=True):
+        assert f"row {row_id} " in ln and "out.spool.sqlite3" in ln, ln
+    status = orjson.loads((tmp_path / "status.json").read_bytes())["sinks"]["out"]
+    assert status["failed"] == len(DAMAGED), status
+    assert status["pending"] == 0 and status["replayed"] == len(rows), status
+
+    # their bytes are kept, privately, for whoever investigates
+    kept = tmp_path / "spool" / "out.spool.damaged.jsonl"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    saved = [orjson.loads(ln) for ln in kept.read_bytes().splitlines()]
+    assert [s["row"] for s in saved] == list(range(2, 3 * len(DAMAGED), 3))
+    for s, (_, body) in zip(saved, DAMAGED, strict=True):
+        got = None if s["body_base64"] is None else base64.b64decode(s["body_base64"])
+        assert got == body, s
+
+    # they left the spool: the next start has nothing to replay and exits 0
+    second = run(cfg)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    assert "replaying" not in second.stderr.decode()
+    assert records_out(second.stdout) == []
+
+
+def test_a_spool_of_a_future_schema_version_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """A newer spark-sinks may store rows differently: an older one must not read (and
+    send, or set aside) what it cannot know the meaning of."""
+    path = make_spool(tmp_path, [("m0", record(1))], version=99)
+    before = path.read_bytes()
+    done = run(write_config(tmp_path), b'{"machine": "m0", "values": {"seq": 5}}\n')
+    err = done.stderr.decode()
+    assert done.returncode != 0, err[-2000:]
+    assert "Traceback" not in err
+    assert "out.spool.sqlite3" in err and "version 99" in err, err[-2000:]
+    assert records_out(done.stdout) == []
+    assert path.read_bytes() == before
+    assert not list(path.parent.glob("*.corrupt-*"))
+
+
+def test_a_spool_this_version_writes_says_its_version(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    done = run(cfg, b'{"machine": "m0", "values": {"seq": 5}}\n')
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    db = sqlite3.connect(tmp_path / "spool" / "out.spool.sqlite3")
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        db.close()
+    # and an older spool (no version: 0) is still read as this version's
+    (tmp_path / "spool" / "out.spool.sqlite3").unlink()
+    for p in (tmp_path / "spool").glob("out.spool.sqlite3-*"):
+        p.unlink()
+    db = sqlite3.connect(tmp_path / "spool" / "out.spool.sqlite3")
+    db.execute(SCHEMA)
+    db.execute("INSERT INTO spool (machine, size, body) VALUES ('m0', 1, ?)", (record(3),))
+    db.commit()
+    db.close()
+    again = run(cfg)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert records_out(again.stdout) == [record(3)]
+
+
+def test_a_removed_lock_file_does_not_let_a_second_process_on_the_spool(tmp_path: Path) -> None:
+    """A cleaner (tmpfiles.d, an operator removing a 'stale' lock) deletes the lock file of
+    a running spark-sinks. A second run must still refuse: both would send every row."""
+    cfg = write_config(tmp_path)
+    first = subprocess.Popen(
+        [*CLI, "run", "-c", str(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        err = StderrLines(first)
+        wait_until(lambda: err.find("ready:"), what="the first run to start")
+        (tmp_path / "spool" / "out.spool.lock").unlink()
+        second = run(cfg, b'{"machine": "m0", "values": {"seq": 5}}\n')
+        text = second.stderr.decode()
+        assert second.returncode != 0, text[-2000:]
+        assert "Traceback" not in text
+        assert "out.spool.sqlite3" in text and "in use" in text, text[-2000:]
+        assert records_out(second.stdout) == []
+    finally:
+        assert first.stdin is not None
+        first.stdin.close()
+        assert first.wait(60) == 0, err.text[-2000:]
