@@ -24,7 +24,6 @@ from .metrics import check_operations
 from .plugins import LOAD_ENV, Provided, Registry, load_registry
 from .runtime import EXIT_CONFIG, Report, Runtime, path_problems, start_sink, stop_sink
 from .sink import describe, lost_anything
-from .status import read_status, verdict
 from .supervisor import CheckSupervisor, Phase, Supervisor
 
 log = logging.getLogger("spark_sinks")
@@ -42,7 +41,8 @@ CONFIG_OPTION = click.option(
 
 
 def _load(path: Path) -> tuple[Config, Registry]:
-    registry = load_registry()
+    # only the plugins the config names: importing one can cost more than the rest of a start
+    registry = load_registry(everything=False)
     return load_config(path, registry), registry
 
 
@@ -209,6 +209,8 @@ def status(config_path: Path) -> None:
             f"{config_path}: operations.status_file is not set, so no run writes a status; "
             "set it and restart the run"
         )
+    from .status import read_status, verdict  # here: its models cost every run ~10 ms
+
     result = verdict(read_status(path))
     for i, line in enumerate(result.lines):
         click.echo(line if i == 0 else f"  {line}")

@@ -25,7 +25,7 @@ from . import logs
 from .errors import ConfigError
 from .machines import FORMATS, Machine, make_variable
 from .metrics import OperationsConfig
-from .plugins import Provided, Registry
+from .plugins import Needed, Provided, Registry
 from .show import show
 from .sink import SinkConfig
 from .sources import SourceConfig
@@ -480,12 +480,24 @@ def guard_secrets(model: BaseModel, prefix: str) -> None:
             guard_secrets(value, where)
 
 
+def _needed(app: AppConfig) -> Needed:
+    """The types the config names, so that only the plugins providing them load."""
+
+    def kind(block: Any) -> list[str]:
+        value = block.get("type") if isinstance(block, dict) else None
+        return [value] if isinstance(value, str) else []
+
+    sinks = [t for block in app.sinks.values() for t in kind(block)]
+    return Needed(frozenset(sinks), frozenset(kind(app.source)))
+
+
 def parse_config(raw: Any, path: Path, registry: Registry) -> Config:
     if raw is None:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     app = validate_block(AppConfig, _substitute(raw, ""), "")
+    registry.require(_needed(app))
     machines = build_machines(app.machines)
     source, source_type = _typed_block(
         registry.source_types, app.source, "source", "source", registry

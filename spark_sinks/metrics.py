@@ -12,7 +12,6 @@ import socket
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +239,8 @@ def _serves_metrics(addr: str, port: int) -> bool:
     """Is it our own metrics endpoint (a running spark-sinks with this config)?"""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(addr, addr)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    import urllib.request  # here: it costs every start ~10 ms (http.client, email)
+
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return b"spark_sinks_accepted" in resp.read(1 << 20)
@@ -270,7 +271,13 @@ _COUNTERS = {
     "dropped": "Envelopes dropped by a full buffer (when_full: drop_newest or drop_oldest)",
     "failed": "Envelopes lost to a sink error",
     "throttled": "Requests or entries the destination refused for throttling",
+    "replayed": "Envelopes an earlier run left in the spool, accepted again (part of accepted)",
+    "overreported": "Outcomes a sink reported for more envelopes than it held (a sink bug)",
+    "corrupt_spools": "Corrupt spool files set aside at start",
+    "lost_in_corrupt_spool": "Envelopes of an earlier run lost in corrupt spool files",
 }
+"""Every ``SinkStats`` counter but ``pending`` (a gauge, below): the metrics show what the
+status file and the log line show."""
 
 
 _DEPTHS = {

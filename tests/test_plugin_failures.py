@@ -94,8 +94,20 @@ def test_when_no_sink_can_start_the_run_ends_with_one_line_naming_it(probe_env, 
     assert result.returncode == 1
 
 
+def every_plugin_config(tmp_path) -> str:
+    """Its source type, ``counter``, names no entry point (spark-sinks-probe's is ``probe``),
+    so every installed plugin loads, the broken ones too (a config naming only types with
+    an entry point of their own never imports the others: tests/test_plugin_loading.py)."""
+    path = tmp_path / "config.yaml"
+    simulator = f"source: {{type: simulator, interval: 0, count: {N}, seed: 3}}"
+    counter = f"source: {{type: counter, machine: press-1, variable: count, count: {N}}}"
+    assert simulator in CONFIG
+    path.write_text(CONFIG.replace(simulator, counter) + "  out: {type: stdout}\n")
+    return str(path)
+
+
 def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_run(broken_env, tmp_path):
-    result = spark_sinks(broken_env, "run", "-c", write_config(tmp_path, "  out: {type: stdout}\n"))
+    result = spark_sinks(broken_env, "run", "-c", every_plugin_config(tmp_path))
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == N + 1
     [line] = [e for e in error_lines(result.stderr) if "broken-import" in e]
@@ -108,7 +120,7 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_run(broken_
 
 
 def test_a_plugin_whose_hook_raises_is_named_and_the_others_still_run(broken_env, tmp_path):
-    result = spark_sinks(broken_env, "run", "-c", write_config(tmp_path, "  out: {type: stdout}\n"))
+    result = spark_sinks(broken_env, "run", "-c", every_plugin_config(tmp_path))
     assert result.returncode == 0, result.stderr
     [line] = [e for e in error_lines(result.stderr) if "broken-hook" in e]
     assert line.endswith(

@@ -18,12 +18,13 @@ from tests.helpers import CLI, MACHINES
 class Running:
     """A `spark-sinks run` subprocess fed through stdin, its output read line by line."""
 
-    def __init__(self, cfg_path):
+    def __init__(self, cfg_path, env=None):
         self.proc = subprocess.Popen(
             [*CLI, "run", "-c", str(cfg_path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=env,
         )
         self.out: queue.Queue[dict] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()

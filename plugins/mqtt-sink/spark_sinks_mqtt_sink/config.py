@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from spark_sinks_sparkplug.codec import check_id
+from spark_sinks_sparkplug.topics import check_id
 
 from spark_sinks import MAX_SECONDS, SinkConfig
 from spark_sinks.show import show

@@ -42,19 +42,22 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from spark_sinks_sparkplug import codec
 from spark_sinks_sparkplug.broker import why_unreachable
-from spark_sinks_sparkplug.codec import SparkplugError
+from spark_sinks_sparkplug.errors import SparkplugError
 from spark_sinks_sparkplug.state import parse_state, state_topic
+from spark_sinks_sparkplug.topics import NCMD
 
 from spark_sinks import Envelope, Sink, SinkContext, SinkError
 
 from .config import MqttSinkConfig
-from .encoding import EdgeNode, EncodeError, JsonEncoder, Message
+from .encoding import EncodeError, JsonEncoder, Message
+
+if TYPE_CHECKING:
+    from .edge import EdgeNode
 
 _LOG_EVERY = 10.0
 _ACK_POLL = 0.005
@@ -112,6 +115,15 @@ class _Connection:
     thread: threading.Thread | None = None
 
 
+def _edge_node(config: MqttSinkConfig, host: str) -> EdgeNode | None:
+    """The Sparkplug B edge node, or None for JSON: imported only then (it needs protobuf)."""
+    if config.format != "sparkplug_b":
+        return None
+    from .edge import EdgeNode
+
+    return EdgeNode(config, host)
+
+
 class MqttSink(Sink):
     type_name = "mqtt"
     Config = MqttSinkConfig
@@ -137,7 +149,7 @@ class MqttSink(Sink):
         """The current connection may carry data: Sparkplug births sent on it (JSON: always)."""
         self._suspect: Envelope | None = None
         self._suspect_losses = 0
-        self._edge = EdgeNode(config, context.host) if config.format == "sparkplug_b" else None
+        self._edge = _edge_node(config, context.host)
         self._json = JsonEncoder(config)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._acks: deque[_Ack] = deque()
@@ -147,9 +159,13 @@ class MqttSink(Sink):
         self._first_outcome = threading.Event()
         """Set after the first connection attempt, whatever its result (for ``check``)."""
         self._control: threading.Thread | None = None
-        # owned by the control thread (others only read _last_error, for messages)
+        # owned by the control thread
         self._gen = 0
         self._attempts = 0
+        self._error_lock = threading.Lock()
+        """Guards ``_last_error`` and ``_last_log``: ``_error`` runs on the control thread,
+        and on the writing thread when paho refuses a publish (``_publish``, ``_drop``);
+        ``flush`` and ``check`` only read ``_last_error``, for messages."""
         self._last_error = ""
         self._last_log = 0.0
         self._host_time: int | None = None
@@ -373,7 +389,7 @@ class MqttSink(Sink):
                 isinstance(ev, _Command)
                 and self._edge is not None
                 and self._born  # no births before the primary host is online
-                and codec.is_rebirth_request(ev.payload)
+                and self._edge.rebirth_requested(ev.payload)
             ):
                 self.log.info("rebirth requested (NCMD): publishing NBIRTH and DBIRTHs")
                 self._births(conn)
@@ -459,7 +475,8 @@ class MqttSink(Sink):
             self.log.info("connected to %s:%d after %d attempts", cfg.host,
                           cfg.effective_port, self._attempts)  # fmt: skip
         self._attempts = 0
-        self._last_error = ""
+        with self._error_lock:
+            self._last_error = ""
         self._connected_once.set()
         self._first_outcome.set()
 
@@ -491,7 +508,7 @@ class MqttSink(Sink):
             self._conn = conn
             self._born = self._edge is None
             if self._edge is not None:
-                conn.client.subscribe(self._edge.topic(codec.NCMD), qos=1)
+                conn.client.subscribe(self._edge.topic(NCMD), qos=1)
                 if self._state_topic is None:
                     self._births(conn)
                 else:  # the retained STATE answers at once, if the host ever published
@@ -640,12 +657,15 @@ class MqttSink(Sink):
 
     def _error(self, message: str) -> None:
         """Remember and log a connection problem (at most every 10 s while it repeats)."""
-        self._last_error = message
+        with self._error_lock:
+            self._last_error = message
+            now = time.monotonic()
+            due = now - self._last_log >= _LOG_EVERY
+            if due:
+                self._last_log = now
         self._first_outcome.set()
         self.stats.error(message)
-        now = time.monotonic()
-        if now - self._last_log >= _LOG_EVERY:
-            self._last_log = now
+        if due:
             self.log.error("MQTT broker %s:%d: %s", self.config.host,
                            self.config.effective_port, message)  # fmt: skip
 

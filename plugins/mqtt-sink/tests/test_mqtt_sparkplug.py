@@ -22,7 +22,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mqtt_helpers import MACHINES, mqtt_block, ndjson, records, settled, spawn, unique, write_config
 from spark_sinks_mqtt_sink import MqttSinkConfig
-from spark_sinks_mqtt_sink.encoding import EdgeNode, EncodeError
+from spark_sinks_mqtt_sink.edge import EdgeNode
+from spark_sinks_mqtt_sink.encoding import EncodeError
 from spark_sinks_sparkplug import codec
 
 from spark_sinks import METADATA, RECORD, Envelope
