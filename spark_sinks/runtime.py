@@ -401,20 +401,21 @@ class Runtime:
     def _adopt(self, active: ActiveSink) -> None:
         """A sink that replays what its predecessor in this run left in the same spool
         file: those envelopes were accepted (and are still pending) there, so they move
-        over instead of being counted twice."""
+        over instead of being counted twice. The caller holds ``_lock`` and makes the sink
+        visible (``dispatcher.add``) in the same hold: a snapshot in between would miss
+        them, and the counters would go down."""
         spool = getattr(active.sink, "spool", None)
-        with self._lock:
-            handover = self._handover.pop(active.name, None)
-            prev = self._finished.get(active.name)
-            if handover is None or prev is None or not isinstance(spool, Spool):
-                return
-            if handover.file != spool.file:
-                return
-            moved = min(handover.left, spool.replayed, prev["pending"])
-            prev["accepted"] -= moved
-            prev["pending"] -= moved
-            # they were counted as accepted or replayed by the predecessor already
-            active.stats.unreplay(moved)
+        handover = self._handover.pop(active.name, None)
+        prev = self._finished.get(active.name)
+        if handover is None or prev is None or not isinstance(spool, Spool):
+            return
+        if handover.file != spool.file:
+            return
+        moved = min(handover.left, spool.replayed, prev["pending"])
+        prev["accepted"] -= moved
+        prev["pending"] -= moved
+        # they were counted as accepted or replayed by the predecessor already
+        active.stats.unreplay(moved)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -607,17 +608,18 @@ class Runtime:
                     if name not in self._start_failures:
                         self._start_failures[name] = _NotStarted(str(exc), self.pipeline.envelopes)
                 continue
-            self._adopt(active)
-            with self._lock:
-                if name in self._start_failures:
-                    self._finished[name] = self._missed(name)
-                    del self._start_failures[name]
             log.info("reload: sink %r started", name)
             single = Dispatcher()
             single.add(active)
             # through its own buffer, ahead of anything else
             single.dispatch(self.assembler.all_metadata())
+            # one hold: a snapshot sees the predecessor's counters or this sink's, never
+            # neither (the counters would go down, and Prometheus read a restart)
             with self._lock:
+                self._adopt(active)
+                if name in self._start_failures:
+                    self._finished[name] = self._missed(name)
+                    del self._start_failures[name]
                 self.dispatcher.add(active)
 
 
