@@ -50,6 +50,10 @@ _MARGIN = 512 * 1024
 _WAL_PAGES = 64
 """Pages in the write-ahead log before a checkpoint (SQLite's default is 1000)."""
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_SIZE = "coalesce(length(body), 0)"
+"""A row's bytes, as counted against ``max_bytes``: from the body itself, not from the
+``size`` column (still written, for older versions), which a damaged or edited file may
+hold as NULL, text or a negative number (a negative total would lift the bound)."""
 SCHEMA_VERSION = 1
 """The spool's layout, kept in SQLite's ``user_version`` (0: written before it was kept,
 the same layout). A spool of a later version is refused, never read or set aside."""
@@ -234,7 +238,7 @@ class Spool:
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             count, size = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM spool"
+                f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM spool"
             ).fetchone()
         except (_Corrupt, SpoolError):
             db.close()
@@ -361,7 +365,7 @@ class Spool:
             chunk = self._undeleted[:READ_ROWS]
             marks = ",".join("?" * len(chunk))
             freed = db.execute(
-                f"DELETE FROM spool WHERE id IN ({marks}) RETURNING size", chunk
+                f"DELETE FROM spool WHERE id IN ({marks}) RETURNING {_SIZE}", chunk
             ).fetchall()
             del self._undeleted[: len(chunk)]
             self.bytes -= sum(r[0] for r in freed)
@@ -395,7 +399,8 @@ class Spool:
             while self.bytes + need > limit:
                 rows = db.execute(
                     "DELETE FROM spool WHERE id IN "
-                    "(SELECT id FROM spool WHERE id > ? ORDER BY id LIMIT 100) RETURNING size",
+                    "(SELECT id FROM spool WHERE id > ? ORDER BY id LIMIT 100) "
+                    f"RETURNING {_SIZE}",
                     (cursor,),
                 ).fetchall()
                 if not rows:

@@ -133,6 +133,29 @@ def test_damaged_rows_are_set_aside_and_every_good_row_around_them_is_delivered(
     assert records_out(second.stdout) == []
 
 
+def test_rows_with_a_damaged_size_are_delivered_once_and_leave_the_spool(tmp_path: Path) -> None:
+    """The size column of a damaged or edited file: NULL, text, negative, huge. Before: a
+    delete failed on each (TypeError), the run said they 'stay in the spool for the next
+    start' after delivering them, and every later start sent them again (exit 0)."""
+    sizes = [None, "abc", -(10**12), 10**12, 3]
+    path = make_spool(tmp_path, [("m0", record(i)) for i in range(len(sizes))])
+    db = sqlite3.connect(path)
+    db.executemany(
+        "UPDATE spool SET size = ? WHERE id = ?", [(s, i + 1) for i, s in enumerate(sizes)]
+    )
+    db.commit()
+    db.close()
+    cfg = write_config(tmp_path)
+    first = run(cfg)
+    err = first.stderr.decode()
+    assert first.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "stay in the spool" not in err, err[-2000:]
+    assert records_out(first.stdout) == [record(i) for i in range(len(sizes))]
+    second = run(cfg)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    assert records_out(second.stdout) == [], "rows sent again by the next start"
+
+
 def test_a_spool_of_a_future_schema_version_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
     """A newer spark-sinks may store rows differently: an older one must not read (and
     send, or set aside) what it cannot know the meaning of."""
