@@ -354,7 +354,7 @@ class Runtime:
             why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
             with self._lock:
                 self._start_failures[starting.name] = _NotStarted(why, self.pipeline.envelopes)
-        if self.config.operations.status_file:
+        if self.reporter.config.status_file:
             self._final_report()
         report = self.report()
         for a in self.dispatcher.sinks:
@@ -371,7 +371,8 @@ class Runtime:
         self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
-        if self.config.operations.stats_interval > 0 or self.config.operations.status_file:
+        ops = self.reporter.config  # the start's: a reload does not change them
+        if ops.stats_interval > 0 or ops.status_file:
             self._final_report()
 
     def _final_report(self) -> None:
@@ -517,6 +518,8 @@ class Runtime:
             return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
+        if new.operations != old.operations:
+            log.warning("the operations settings changed: that takes a restart to apply")
         self._retire_changed(new)
         self._forget_failures(new)
         self.config = new
