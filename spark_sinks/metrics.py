@@ -351,6 +351,44 @@ def serve_metrics(config: OperationsConfig, snapshot: Snapshot) -> Any:
     server, _thread = start_http_server(
         config.metrics_port or 0, addr=config.metrics_addr, registry=registry
     )
+    _bound(server)
     port = server.server_address[1]
     log.info("Prometheus metrics on http://%s:%d/metrics", config.metrics_addr, port)
     return server
+
+
+MAX_SCRAPES = 8
+"""Metrics connections served at once; one more is closed at once."""
+SCRAPE_TIMEOUT = 10.0
+"""Seconds a metrics connection may stay silent before it is closed."""
+
+
+def _bound(server: Any) -> None:
+    """prometheus_client serves each connection in a thread of its own, for as long as
+    the client keeps it open: idle or slow clients (a port scan, a hostile peer) would
+    add threads without end. Here at most ``MAX_SCRAPES`` are served at once, each
+    closed after ``SCRAPE_TIMEOUT`` seconds of silence."""
+    server.RequestHandlerClass = type(
+        "BoundedHandler", (server.RequestHandlerClass,), {"timeout": SCRAPE_TIMEOUT}
+    )
+    slots = threading.BoundedSemaphore(MAX_SCRAPES)
+    serve = server.process_request_thread  # handles the request, then closes it
+
+    def served(request: Any, client_address: Any) -> None:
+        try:
+            serve(request, client_address)
+        finally:
+            slots.release()
+
+    def process_request(request: Any, client_address: Any) -> None:
+        if not slots.acquire(blocking=False):
+            server.shutdown_request(request)
+            return
+        threading.Thread(target=served, args=(request, client_address), daemon=True).start()
+
+    def handle_error(request: Any, client_address: Any) -> None:
+        # a client gone silent (timed out) or away: one debug line, not a traceback
+        log.debug("metrics request from %s ended early", client_address)
+
+    server.process_request = process_request
+    server.handle_error = handle_error
