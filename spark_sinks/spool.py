@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 READ_ROWS = 500
 """Rows read (and deleted) at a time."""
+READ_BYTES = 4 * 1024 * 1024
+"""Envelope bytes read at a time, at most (one row always): 500 rows of large envelopes
+(a line may hold 2 MiB) would otherwise put a gigabyte in memory at once."""
 _RESERVE = 512 * 1024
 """Bytes kept free for deletes: room to checkpoint a full log and to log a delete."""
 _MARGIN = 512 * 1024
@@ -331,14 +334,24 @@ class Spool:
         return int(st.f_bavail * st.f_frsize + pages * size)
 
     def read_after(self, cursor: int, limit: int = READ_ROWS) -> list[Row]:
+        """The next rows after ``cursor``: at most ``limit`` and ``READ_BYTES`` (the rows
+        are fetched one by one, so the bytes bound what is read, not only what is kept)."""
+        rows: list[Row] = []
+        size = 0
         with self._lock:
-            return [
-                Row(*r)
-                for r in self._conn().execute(
-                    "SELECT id, machine, body FROM spool WHERE id > ? ORDER BY id LIMIT ?",
-                    (cursor, limit),
-                )
-            ]
+            cur = self._conn().execute(
+                "SELECT id, machine, body FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, limit),
+            )
+            try:
+                for r in cur:
+                    rows.append(Row(*r))
+                    size += len(r[2]) if isinstance(r[2], bytes | str) else 0
+                    if size >= READ_BYTES:
+                        break
+            finally:
+                cur.close()  # ends the read at once: an open one holds back checkpoints
+        return rows
 
     def delete(self, ids: Sequence[int]) -> None:
         """Delete settled rows. When the disk is full, the reserve is given back and the
