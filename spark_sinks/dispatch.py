@@ -117,6 +117,14 @@ class ActiveSink:
 
 
 class Dispatcher:
+    """Hands each batch to every active sink's inlet.
+
+    Owner: the pipeline thread alone adds, removes and dispatches (a reload runs on it
+    too). Other threads (signal handlers, the reporter, the metrics server) only read
+    ``sinks``: a tuple replaced whole on each change, never changed in place, so a reader
+    sees the set before or after a change (``Runtime`` also holds its ``_lock`` around a
+    reload's changes, so that its snapshot sees a sink either running or finished)."""
+
     def __init__(self) -> None:
         self._sinks: dict[str, ActiveSink] = {}
         self._order: tuple[ActiveSink, ...] = ()

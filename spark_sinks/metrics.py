@@ -271,7 +271,13 @@ _COUNTERS = {
     "dropped": "Envelopes dropped by a full buffer (when_full: drop_newest or drop_oldest)",
     "failed": "Envelopes lost to a sink error",
     "throttled": "Requests or entries the destination refused for throttling",
+    "replayed": "Envelopes an earlier run left in the spool, accepted again (part of accepted)",
+    "overreported": "Outcomes a sink reported for more envelopes than it held (a sink bug)",
+    "corrupt_spools": "Corrupt spool files set aside at start",
+    "lost_in_corrupt_spool": "Envelopes of an earlier run lost in corrupt spool files",
 }
+"""Every ``SinkStats`` counter but ``pending`` (a gauge, below): the metrics show what the
+status file and the log line show."""
 
 
 _DEPTHS = {

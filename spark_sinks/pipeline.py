@@ -32,7 +32,10 @@ class Rejects:
 
     Each dead-letter entry holds what was rejected in full: the line (as text, or in
     base64 when it is not UTF-8) or the decoded item, however deep; a line too long to
-    keep, its head, length and SHA-256."""
+    keep, its head, length and SHA-256.
+
+    Owner: the pipeline thread (the source feeds it there); the reporter and the metrics
+    server only read ``count``, an int."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -85,6 +88,10 @@ def _exact(raw: bytes, obj: Any) -> Any:
 
 
 class Pipeline:
+    """Owner: the pipeline thread (the source's ``run`` feeds it, a reload runs between
+    batches). The reporter and the metrics server only read ``items`` and ``envelopes``,
+    ints that only this thread writes."""
+
     def __init__(self, assembler: Assembler, dispatcher: Dispatcher, rejects: Rejects) -> None:
         self.assembler = assembler
         self.dispatcher = dispatcher

@@ -207,10 +207,10 @@ class Runtime:
         self._busy = "the start-up"
         """What the pipeline thread is doing, for when a signal has to give up on it."""
         self._source: Source | None = None
+        """Set once by the pipeline thread before the source runs; others read its counters."""
         self._counters_refused = False
         """Whether the source's odd counters were reported (any thread; a race costs one
         more line)."""
-        """Set once by the pipeline thread before the source runs; others read its counters."""
 
     def start(self) -> None:
         """Start every enabled sink. One that cannot start is reported and the others run
@@ -472,6 +472,7 @@ class Runtime:
             sinks = dict(self._finished)
             for name in self._start_failures:
                 sinks[name] = self._missed(name)
+            not_started = {name: f.why for name, f in self._start_failures.items()}
         return Report(
             items=self.pipeline.items,
             envelopes=self.pipeline.envelopes,
@@ -480,7 +481,7 @@ class Runtime:
             incomplete_emitted=self.assembler.incomplete_emitted,
             source=self._source_counters(),
             sinks=sinks,
-            not_started={name: f.why for name, f in self._start_failures.items()},
+            not_started=not_started,
         )
 
     def _missed(self, name: str) -> dict[str, Any]:

@@ -159,9 +159,13 @@ class MqttSink(Sink):
         self._first_outcome = threading.Event()
         """Set after the first connection attempt, whatever its result (for ``check``)."""
         self._control: threading.Thread | None = None
-        # owned by the control thread (others only read _last_error, for messages)
+        # owned by the control thread
         self._gen = 0
         self._attempts = 0
+        self._error_lock = threading.Lock()
+        """Guards ``_last_error`` and ``_last_log``: ``_error`` runs on the control thread,
+        and on the writing thread when paho refuses a publish (``_publish``, ``_drop``);
+        ``flush`` and ``check`` only read ``_last_error``, for messages."""
         self._last_error = ""
         self._last_log = 0.0
         self._host_time: int | None = None
@@ -471,7 +475,8 @@ class MqttSink(Sink):
             self.log.info("connected to %s:%d after %d attempts", cfg.host,
                           cfg.effective_port, self._attempts)  # fmt: skip
         self._attempts = 0
-        self._last_error = ""
+        with self._error_lock:
+            self._last_error = ""
         self._connected_once.set()
         self._first_outcome.set()
 
@@ -652,12 +657,15 @@ class MqttSink(Sink):
 
     def _error(self, message: str) -> None:
         """Remember and log a connection problem (at most every 10 s while it repeats)."""
-        self._last_error = message
+        with self._error_lock:
+            self._last_error = message
+            now = time.monotonic()
+            due = now - self._last_log >= _LOG_EVERY
+            if due:
+                self._last_log = now
         self._first_outcome.set()
         self.stats.error(message)
-        now = time.monotonic()
-        if now - self._last_log >= _LOG_EVERY:
-            self._last_log = now
+        if due:
             self.log.error("MQTT broker %s:%d: %s", self.config.host,
                            self.config.effective_port, message)  # fmt: skip
 
