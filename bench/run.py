@@ -89,7 +89,6 @@ from tests.support.streams import shard_records  # noqa: E402
 HOST = "bench-gw"
 MACHINES = 20
 SHARDS = 4
-RECORD_BYTES = 535
 MiB = 1024 * 1024
 START_MS = 1_790_000_000_000
 VARIABLES = {

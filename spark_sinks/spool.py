@@ -103,6 +103,12 @@ class Spool:
         """Envelopes found at open: left by an earlier run (or instance)."""
         self.left = 0
         """Envelopes left in the file at close, for the next start."""
+        self.orphaned = 0
+        """Undelivered envelopes at close in a spool file that was removed or replaced
+        while the run used it: no next start finds them (``left`` is 0 then)."""
+        self._told_replaced = False
+        self._watched = 0.0
+        """When ``watch`` last looked (the feeder thread's alone)."""
         self.corrupt = 0
         """Corrupt spool files set aside at open, and the envelopes counted in them."""
         self.lost = 0
@@ -408,6 +414,40 @@ class Spool:
         with self._lock:
             return int(self._conn().execute("SELECT coalesce(max(id), 0) FROM spool").fetchone()[0])
 
+    def watch(self) -> None:
+        """Say (once) when the spool file was removed or replaced under this run; looks at
+        most once a second (called by the feeder before each read)."""
+        now = time.monotonic()
+        if self._told_replaced or now - self._watched < 1.0:
+            return
+        self._watched = now
+        with self._lock:  # close() may be closing the descriptor
+            replaced = self.replaced()
+        if replaced:
+            self._told_replaced = True
+            log.error(
+                "spool file %s was removed or replaced while this run uses it: what waits "
+                "in it now lives only as long as this process (a restart or a crash LOSES "
+                "it); restart spark-sinks once it has delivered everything, to spool to disk "
+                "again",
+                self.file,
+            )
+
+    def replaced(self) -> bool:
+        """Whether the spool file's name no longer leads to the file this run writes.
+        The caller holds ``_lock``."""
+        fd = self._data_fd
+        if fd is None:
+            return False
+        try:
+            named = os.stat(self.file)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # cannot tell (a directory made unreadable): not known replaced
+        mine = os.fstat(fd)
+        return (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino)
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -423,6 +463,8 @@ class Spool:
                             exc,
                         )
                 self.left = self.rows
+                if self.replaced():
+                    self.orphaned, self.left = self.rows - len(self._undeleted), 0
                 self._db.close()
                 self._db = None
             self._close_data_fd()

@@ -218,6 +218,15 @@ class SpooledSink(Sink):
             self.inner.close()
         finally:
             self.spool.close()
+            if self.spool.orphaned:
+                self.stats.add("failed", self.spool.orphaned)
+                msg = (
+                    f"spool file {self.spool.file} was removed or replaced while this run "
+                    f"used it: the {self.spool.orphaned} envelopes in it are LOST, counted "
+                    "failed (no next start can find them)"
+                )
+                self.stats.error(msg)
+                self.log.error("%s", msg)
             if self.spool.left:
                 self.log.warning(
                     "%d envelopes stay in the spool for the next start", self.spool.left
@@ -268,6 +277,7 @@ class SpooledSink(Sink):
         with self._cond:
             if self._closing:
                 return None
+            self.spool.watch()
             try:
                 rows = [r for r in self.spool.read_after(self._cursor) if r.id not in self._held]
             except (sqlite3.Error, SinkError) as exc:

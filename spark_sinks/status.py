@@ -14,6 +14,9 @@ whole gateway, and no sink line contradicts it:
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +85,20 @@ class StatusFile(_Model):
     sinks: dict[str, SinkStatus]
 
 
+def _read_regular(path: Path) -> bytes:
+    """At most ``MAX_BYTES + 1`` bytes of a regular file. Opened without waiting, so a
+    FIFO or a device in its place is refused instead of hanging the command."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read(MAX_BYTES + 1)
+
+
 def read_status(path: Path) -> StatusFile:
     """The validated status file; ``SparkSinksError`` (one line) when it cannot be used."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_BYTES + 1)
+        raw = _read_regular(path)
     except FileNotFoundError:
         raise SparkSinksError(f"{path}: no status file yet; is spark-sinks running?") from None
     except OSError as exc:

@@ -25,7 +25,7 @@ SCHEMA = (
 )
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, **sink: Any) -> Path:
     cfg = {
         "host": "gw",
         "machines": {"m0": MACHINE},
@@ -35,6 +35,7 @@ def write_config(tmp_path: Path) -> Path:
                 "type": "stdout",
                 "format": "json",
                 "buffer": {"type": "disk", "path": str(tmp_path / "spool"), "sync": "normal"},
+                **sink,
             }
         },
         "operations": {"status_file": str(tmp_path / "status.json"), "stats_interval": 0.2},
@@ -194,3 +195,51 @@ def test_a_removed_lock_file_does_not_let_a_second_process_on_the_spool(tmp_path
         assert first.stdin is not None
         first.stdin.close()
         assert first.wait(60) == 0, err.text[-2000:]
+
+
+def test_a_spool_file_removed_while_running_is_reported_lost_not_kept(tmp_path: Path) -> None:
+    """Someone removes the spool file of a running spark-sinks (a cleaner, a mistaken
+    `rm`): SQLite keeps writing the removed file, which vanishes at exit. The run used to
+    say its undelivered envelopes 'stay in the spool for the next start': none did."""
+    cfg = write_config(tmp_path, flush_timeout=1)
+    proc = subprocess.Popen(
+        [*CLI, "run", "-c", str(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdout.close()  # nothing can be delivered: every envelope waits in the spool
+    err = StderrLines(proc)
+    try:
+        wait_until(lambda: err.find("ready:"), what="the run to start")
+        proc.stdin.write(
+            b"".join(b'{"machine": "m0", "values": {"seq": %d}}\n' % i for i in range(50))
+        )
+        proc.stdin.flush()
+
+        def spooled() -> bool:
+            try:
+                s = orjson.loads((tmp_path / "status.json").read_bytes())["sinks"]["out"]
+            except (OSError, ValueError, KeyError):
+                return False
+            return bool(s["accepted"] == 51 and s["spool_depth"] == 51)
+
+        wait_until(spooled, what="51 envelopes in the spool")
+        (tmp_path / "spool" / "out.spool.sqlite3").unlink()
+        wait_until(
+            lambda: err.find("was removed or replaced while this run uses it"),
+            what="the run to notice",
+        )
+        proc.stdin.close()
+        assert proc.wait(60) == 1, err.text[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err.thread.join(5)
+    assert "Traceback" not in err.text
+    assert "stay in the spool for the next start" not in err.text, err.text[-3000:]
+    assert "the 51 envelopes in it are LOST" in err.text, err.text[-3000:]
+    final = orjson.loads((tmp_path / "status.json").read_bytes())["sinks"]["out"]
+    assert (final["accepted"], final["failed"], final["pending"]) == (51, 51, 0), final

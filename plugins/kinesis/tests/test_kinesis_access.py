@@ -193,7 +193,7 @@ def test_role_credentials_are_renewed_when_they_near_expiry_and_used_at_once(
     """With renewal windows longer than the credentials' life, every request finds them
     due: botocore calls AssumeRole again and signs with the new keys."""
     monkeypatch.setattr(
-        access, "refresh_windows", lambda duration: access.RefreshWindows(2000.0, 1900.0)
+        access, "refresh_windows", lambda _duration: access.RefreshWindows(2000.0, 1900.0)
     )
     sink = _role_sink(moto, make_stream(1), web_proxy)
     _write(sink, 5)

@@ -84,7 +84,7 @@ class MqttSinkConfig(SinkConfig):
     @classmethod
     def _topic_template(cls, v: str) -> str:
         try:
-            fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+            fields = [f for _, f, _spec, _conv in string.Formatter().parse(v) if f is not None]
         except ValueError as exc:
             raise ValueError(f"topic template {show(v)} is malformed: {exc}") from None
         unknown = sorted(set(fields) - TOPIC_FIELDS)

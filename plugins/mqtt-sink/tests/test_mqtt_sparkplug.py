@@ -32,10 +32,10 @@ from tests.support import protowire
 from tests.support.mosquitto import Client, Mosquitto, Received
 
 # Sparkplug B field numbers (specification, chapter Payloads)
-P_TIMESTAMP, P_METRICS, P_SEQ = 1, 2, 3
+P_METRICS, P_SEQ = 2, 3
 M_NAME, M_TIMESTAMP, M_DATATYPE, M_IS_NULL = 1, 3, 4, 7
 M_INT, M_LONG, M_DOUBLE, M_BOOL, M_STRING, M_BYTES = 10, 11, 13, 14, 15, 16
-INT8, INT64, UINT32, DOUBLE, BOOLEAN, STRING, INT16_ARRAY = 1, 4, 7, 10, 11, 12, 23
+INT8, INT64, UINT32, BOOLEAN, STRING, INT16_ARRAY = 1, 4, 7, 11, 12, 23
 
 
 def sparkplug_block(broker: Mosquitto, **overrides: Any) -> tuple[dict[str, Any], str]:

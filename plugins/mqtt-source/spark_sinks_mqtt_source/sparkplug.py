@@ -77,7 +77,11 @@ class _Device:
     """What one birth told about a device (source thread only)."""
 
     machine: Machine
+    born: bool = False
+    """Its DBIRTH was seen: every alias of a configured variable is known."""
     aliases: dict[int, str] = field(default_factory=dict)
+    """Alias -> name, for configured variables only (one alias each): a birth may declare
+    hundreds of thousands of metrics, and memory must not grow with them."""
     values: dict[str, Any] = field(default_factory=dict)
     """Latest value per configured variable."""
     origins: dict[str, _Origin] = field(default_factory=dict)
@@ -206,17 +210,19 @@ class SparkplugDecoder:
         return machine
 
     def _birth(self, key: DeviceKey, payload: codec.Payload, order: Order | None) -> _Device:
-        device = _Device(self._machine(key))
+        device = _Device(self._machine(key), born=True)
+        alias_of: dict[str, int] = {}
         for m in payload.metrics:
-            if m.name is None:
-                continue
+            var = device.machine.variables.get(m.name) if m.name is not None else None
+            if m.name is None or var is None:
+                continue  # not configured here: nothing of it is kept
             if m.alias is not None:
-                device.aliases[m.alias] = m.name
-            var = device.machine.variables.get(m.name)
-            if var is not None and m.value is not None:  # a null birth value: no reading yet
+                alias_of[m.name] = m.alias  # a name born twice: its last alias counts
+            if m.value is not None:  # a null birth value: no reading yet
                 device.values[m.name] = _value(var, m.value)
                 if order is not None:
                     device.origins[m.name] = _Origin(order, _timestamp(m, payload))
+        device.aliases = {alias: name for name, alias in alias_of.items()}
         return device
 
     def _data(self, key: DeviceKey, payload: codec.Payload, order: Order | None) -> list[Any]:
@@ -229,8 +235,8 @@ class SparkplugDecoder:
         stale = 0
         for m in payload.metrics:
             name = self._metric_name(key, device, m)
-            var = device.machine.variables.get(name)
-            if var is None:
+            var = device.machine.variables.get(name) if name is not None else None
+            if name is None or var is None:
                 continue
             if order is not None:
                 origin = _Origin(order, _timestamp(m, payload))
@@ -250,13 +256,15 @@ class SparkplugDecoder:
         time_ms = newest if newest is not None else payload.timestamp
         return [{"machine": device.machine.name, "time": time_ms, "values": dict(device.values)}]
 
-    def _metric_name(self, key: DeviceKey, device: _Device, m: codec.Metric) -> str:
-        """A metric's name, or the one its alias had in the device's DBIRTH; an unknown
-        alias makes the message bad and asks the node for a rebirth."""
+    def _metric_name(self, key: DeviceKey, device: _Device, m: codec.Metric) -> str | None:
+        """A metric's name, or the one its alias had in the device's DBIRTH (None: an alias
+        the DBIRTH gave no configured variable, ignored like any metric not configured
+        here); an alias of a device whose DBIRTH was not seen makes the message bad and
+        asks the node for a rebirth."""
         if m.name is not None:
             return m.name
         name = device.aliases.get(m.alias) if m.alias is not None else None
-        if name is not None:
+        if name is not None or (device.born and m.alias is not None):
             return name
         self._rebirth(Node(*key[:2]), f"metric alias {m.alias} of device {key[2]!r} is unknown")
         asked = " (a rebirth is requested)" if self.request_rebirth else ""

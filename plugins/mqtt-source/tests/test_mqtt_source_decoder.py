@@ -14,6 +14,7 @@ from spark_sinks_mqtt_source.connection import Incoming
 from spark_sinks_mqtt_source.sessions import Sessions
 from spark_sinks_mqtt_source.sparkplug import SparkplugDecoder
 from spark_sinks_sparkplug import codec
+from spark_sinks_sparkplug import sparkplug_b_pb2 as pb
 
 from spark_sinks.machines import Machine, make_variable
 
@@ -167,3 +168,60 @@ def test_a_new_session_is_not_compared_with_the_old_one() -> None:
     [record] = data(d, 2, seq=2, temperature=2.0, ts=T0 + 1)
     assert record["values"] == {"seq": 2, "temperature": 2.0}
     assert d.stale_values == 0
+
+
+# Births built to exhaust memory: what is kept of a device is bounded by its machine's
+# configured variables, however many metrics (and aliases) a birth declares. Counted in
+# what the decoder holds, not in RSS.
+
+
+def huge_birth(metrics: int, name: str | None = None) -> bytes:
+    """A DBIRTH near 1 MiB (the source's default max_message_bytes): ``metrics`` aliased
+    metrics no machine configures (or all named ``name``), then the two configured ones."""
+    p = pb.Payload()
+    p.seq, p.timestamp = 1, T0
+    for i in range(metrics):
+        m = p.metrics.add()
+        m.name, m.alias, m.datatype = name or f"x{i}", 1000 + i, pb.DataType.Int32
+    for alias, (var, dt) in enumerate(
+        [("seq", pb.DataType.Int64), ("temperature", pb.DataType.Float)]
+    ):
+        m = p.metrics.add()
+        m.name, m.alias, m.datatype = var, alias, dt
+    data = p.SerializeToString()
+    assert len(data) < 1 << 20
+    return data
+
+
+def by_alias(values: dict[int, float]) -> bytes:
+    p = pb.Payload()
+    p.seq, p.timestamp = 2, T0
+    for alias, value in values.items():
+        m = p.metrics.add()
+        m.alias, m.timestamp, m.datatype = alias, T0, pb.DataType.Int64
+        m.long_value = int(value)
+    return p.SerializeToString()
+
+
+def test_births_with_sixty_thousand_metrics_keep_only_the_configured_aliases() -> None:
+    """Before: every alias of every birth was kept, for up to 10,000 devices (one per
+    group and edge node id): about 60,000 aliases per 1 MiB birth, 6 * 10^8 at the bound."""
+    d, asked = decoder()
+    birth = huge_birth(60_000)
+    for node in range(5):
+        d(msg(f"spBv1.0/g/NBIRTH/e{node}", codec.nbirth(0, seq=0)))
+        assert d(msg(f"spBv1.0/g/DBIRTH/e{node}/m0", birth)) == []
+    kept = sum(len(dev.aliases) for dev in d._devices.values())
+    assert kept == 5 * len(VARIABLES), kept
+    # the configured aliases still work, and the others are metrics not configured here
+    got = d(msg("spBv1.0/g/DDATA/e0/m0", by_alias({0: 7, 1500: 9, 99_999_999: 1})))
+    assert [item["values"]["seq"] for item in got] == [7]
+    assert asked.topics == []  # born nodes and devices: no rebirth for an alias of no interest
+
+
+def test_a_birth_naming_one_variable_45000_times_keeps_one_alias() -> None:
+    d, _ = decoder()
+    d(msg("spBv1.0/g/NBIRTH/e0", codec.nbirth(0, seq=0)))
+    d(msg("spBv1.0/g/DBIRTH/e0/m0", huge_birth(45_000, name="temperature")))
+    (dev,) = d._devices.values()
+    assert dev.aliases == {0: "seq", 1: "temperature"}

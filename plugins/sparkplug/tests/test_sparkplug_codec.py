@@ -19,7 +19,7 @@ from tests.support import protowire
 
 # Field numbers and datatype codes as the Sparkplug 3.0.0 specification lists them.
 PAYLOAD_TIMESTAMP, PAYLOAD_METRICS, PAYLOAD_SEQ = 1, 2, 3
-M_NAME, M_TIMESTAMP, M_DATATYPE, M_IS_NULL, M_PROPERTIES = 1, 3, 4, 7, 9
+M_NAME, M_TIMESTAMP, M_DATATYPE, M_IS_NULL = 1, 3, 4, 7
 M_INT, M_LONG, M_FLOAT, M_DOUBLE, M_BOOL, M_STRING, M_BYTES = 10, 11, 12, 13, 14, 15, 16
 SPEC_CODES = {
     "Int8": 1, "Int16": 2, "Int32": 3, "Int64": 4, "UInt8": 5, "UInt16": 6, "UInt32": 7,
