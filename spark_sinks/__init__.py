@@ -57,10 +57,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_FROM})
-
-
 __all__ = [
     "CONNECTION_TEST",
     "MAX_SECONDS",
