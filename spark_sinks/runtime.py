@@ -354,7 +354,7 @@ class Runtime:
             why = f"stopped by {self.stopped_by} during its start-up (open and connection check)"
             with self._lock:
                 self._start_failures[starting.name] = _NotStarted(why, self.pipeline.envelopes)
-        if self.config.operations.status_file:
+        if self.reporter.config.status_file:
             self._final_report()
         report = self.report()
         for a in self.dispatcher.sinks:
@@ -371,7 +371,8 @@ class Runtime:
         self._busy = "the sinks to close"
         self.rejects.close()
         self.reporter.stop()
-        if self.config.operations.stats_interval > 0 or self.config.operations.status_file:
+        ops = self.reporter.config  # the start's: a reload does not change them
+        if ops.stats_interval > 0 or ops.status_file:
             self._final_report()
 
     def _final_report(self) -> None:
@@ -401,20 +402,21 @@ class Runtime:
     def _adopt(self, active: ActiveSink) -> None:
         """A sink that replays what its predecessor in this run left in the same spool
         file: those envelopes were accepted (and are still pending) there, so they move
-        over instead of being counted twice."""
+        over instead of being counted twice. The caller holds ``_lock`` and makes the sink
+        visible (``dispatcher.add``) in the same hold: a snapshot in between would miss
+        them, and the counters would go down."""
         spool = getattr(active.sink, "spool", None)
-        with self._lock:
-            handover = self._handover.pop(active.name, None)
-            prev = self._finished.get(active.name)
-            if handover is None or prev is None or not isinstance(spool, Spool):
-                return
-            if handover.file != spool.file:
-                return
-            moved = min(handover.left, spool.replayed, prev["pending"])
-            prev["accepted"] -= moved
-            prev["pending"] -= moved
-            # they were counted as accepted or replayed by the predecessor already
-            active.stats.unreplay(moved)
+        handover = self._handover.pop(active.name, None)
+        prev = self._finished.get(active.name)
+        if handover is None or prev is None or not isinstance(spool, Spool):
+            return
+        if handover.file != spool.file:
+            return
+        moved = min(handover.left, spool.replayed, prev["pending"])
+        prev["accepted"] -= moved
+        prev["pending"] -= moved
+        # they were counted as accepted or replayed by the predecessor already
+        active.stats.unreplay(moved)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -516,6 +518,8 @@ class Runtime:
             return False
         if new.source != old.source:
             log.warning("the source settings changed: that takes a restart to apply")
+        if new.operations != old.operations:
+            log.warning("the operations settings changed: that takes a restart to apply")
         self._retire_changed(new)
         self._forget_failures(new)
         self.config = new
@@ -607,17 +611,18 @@ class Runtime:
                     if name not in self._start_failures:
                         self._start_failures[name] = _NotStarted(str(exc), self.pipeline.envelopes)
                 continue
-            self._adopt(active)
-            with self._lock:
-                if name in self._start_failures:
-                    self._finished[name] = self._missed(name)
-                    del self._start_failures[name]
             log.info("reload: sink %r started", name)
             single = Dispatcher()
             single.add(active)
             # through its own buffer, ahead of anything else
             single.dispatch(self.assembler.all_metadata())
+            # one hold: a snapshot sees the predecessor's counters or this sink's, never
+            # neither (the counters would go down, and Prometheus read a restart)
             with self._lock:
+                self._adopt(active)
+                if name in self._start_failures:
+                    self._finished[name] = self._missed(name)
+                    del self._start_failures[name]
                 self.dispatcher.add(active)
 
 

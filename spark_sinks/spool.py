@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 READ_ROWS = 500
 """Rows read (and deleted) at a time."""
+READ_BYTES = 4 * 1024 * 1024
+"""Envelope bytes read at a time, at most (one row always): 500 rows of large envelopes
+(a line may hold 2 MiB) would otherwise put a gigabyte in memory at once."""
 _RESERVE = 512 * 1024
 """Bytes kept free for deletes: room to checkpoint a full log and to log a delete."""
 _MARGIN = 512 * 1024
@@ -50,6 +53,10 @@ _MARGIN = 512 * 1024
 _WAL_PAGES = 64
 """Pages in the write-ahead log before a checkpoint (SQLite's default is 1000)."""
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_SIZE = "coalesce(length(body), 0)"
+"""A row's bytes, as counted against ``max_bytes``: from the body itself, not from the
+``size`` column (still written, for older versions), which a damaged or edited file may
+hold as NULL, text or a negative number (a negative total would lift the bound)."""
 SCHEMA_VERSION = 1
 """The spool's layout, kept in SQLite's ``user_version`` (0: written before it was kept,
 the same layout). A spool of a later version is refused, never read or set aside."""
@@ -234,7 +241,7 @@ class Spool:
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             count, size = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM spool"
+                f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM spool"
             ).fetchone()
         except (_Corrupt, SpoolError):
             db.close()
@@ -327,14 +334,24 @@ class Spool:
         return int(st.f_bavail * st.f_frsize + pages * size)
 
     def read_after(self, cursor: int, limit: int = READ_ROWS) -> list[Row]:
+        """The next rows after ``cursor``: at most ``limit`` and ``READ_BYTES`` (the rows
+        are fetched one by one, so the bytes bound what is read, not only what is kept)."""
+        rows: list[Row] = []
+        size = 0
         with self._lock:
-            return [
-                Row(*r)
-                for r in self._conn().execute(
-                    "SELECT id, machine, body FROM spool WHERE id > ? ORDER BY id LIMIT ?",
-                    (cursor, limit),
-                )
-            ]
+            cur = self._conn().execute(
+                "SELECT id, machine, body FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, limit),
+            )
+            try:
+                for r in cur:
+                    rows.append(Row(*r))
+                    size += len(r[2]) if isinstance(r[2], bytes | str) else 0
+                    if size >= READ_BYTES:
+                        break
+            finally:
+                cur.close()  # ends the read at once: an open one holds back checkpoints
+        return rows
 
     def delete(self, ids: Sequence[int]) -> None:
         """Delete settled rows. When the disk is full, the reserve is given back and the
@@ -361,7 +378,7 @@ class Spool:
             chunk = self._undeleted[:READ_ROWS]
             marks = ",".join("?" * len(chunk))
             freed = db.execute(
-                f"DELETE FROM spool WHERE id IN ({marks}) RETURNING size", chunk
+                f"DELETE FROM spool WHERE id IN ({marks}) RETURNING {_SIZE}", chunk
             ).fetchall()
             del self._undeleted[: len(chunk)]
             self.bytes -= sum(r[0] for r in freed)
@@ -395,7 +412,8 @@ class Spool:
             while self.bytes + need > limit:
                 rows = db.execute(
                     "DELETE FROM spool WHERE id IN "
-                    "(SELECT id FROM spool WHERE id > ? ORDER BY id LIMIT 100) RETURNING size",
+                    "(SELECT id FROM spool WHERE id > ? ORDER BY id LIMIT 100) "
+                    f"RETURNING {_SIZE}",
                     (cursor,),
                 ).fetchall()
                 if not rows:

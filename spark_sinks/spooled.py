@@ -35,17 +35,21 @@ class _Damaged(NamedTuple):
     reason: str
 
     def entry(self) -> dict[str, Any]:
-        """Its line in the damaged-rows file: the bytes exactly, as base64."""
-        body = self.row.body
+        """Its line in the damaged-rows file: the bytes exactly, as base64 (a number or
+        NULL in the body's place as ``body``)."""
+        body: object = self.row.body
         if isinstance(body, str):
             body = body.encode(errors="surrogatepass")
-        raw = body if isinstance(body, bytes) else None
-        return {
+        entry: dict[str, Any] = {
             "row": self.row.id,
             "machine": self.row.machine if isinstance(self.row.machine, str) else None,
             "reason": self.reason,
-            "body_base64": None if raw is None else base64.b64encode(raw).decode(),
         }
+        if isinstance(body, bytes):
+            entry["body_base64"] = base64.b64encode(body).decode()
+        else:
+            entry["body"] = body  # SQLite's other values (integer, real, NULL) are JSON
+        return entry
 
 
 class SpooledSink(Sink):

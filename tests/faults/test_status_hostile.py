@@ -1,6 +1,7 @@
-"""`spark-sinks status` (run by a monitoring timer) on a status path holding something
-that is no file: it must answer in one line, never wait. A FIFO used to hang it forever:
-opening a FIFO for reading waits for a writer."""
+"""Operations on hostile ground: `spark-sinks status` (run by a monitoring timer) on a
+status path holding something that is no file must answer in one line, never wait (a FIFO
+used to hang it forever: opening a FIFO for reading waits for a writer); a run started
+without a standard output says so in one line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.test_operations import check_status_output, write_config
-from tests.helpers import run_cli
+from tests.helpers import CLI, run_cli
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
@@ -33,3 +34,21 @@ def test_status_of_a_path_that_is_no_regular_file_is_one_line_at_once(
     check_status_output(result, status)
     assert result.returncode == 1
     assert "not a regular file" in result.stderr.decode() or kind == "directory", result
+
+
+def test_a_stdout_sink_without_a_standard_output_is_one_readable_line(tmp_path: Path) -> None:
+    """Started with descriptor 1 closed (a service unit or a shell's `>&-`). Before: the
+    line read "failed in open: AttributeError: 'NoneType' object has no attribute 'buffer'"."""
+    cfg = write_config(tmp_path)
+    done = subprocess.run(
+        [*CLI, "run", "-c", str(cfg)],
+        input=b"",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err and "AttributeError" not in err, err
+    assert "sink 'out'" in err and "standard output is closed" in err, err

@@ -82,6 +82,8 @@ class Connection:
         self._fresh_since = 1  # first connection of the broker's current session
         self._resumed_at = 0  # latest connection that resumed the session
         self.fatal: str | None = None
+        """Why the broker's refusal cannot be retried: set once by paho's network thread,
+        read by the source thread (one reference, one writer: no lock needed)."""
         self._closing = threading.Event()
         self._client = self._make_client()
 
@@ -234,7 +236,8 @@ class Connection:
 
 
 class RateLimited:
-    """A warning at most once per ``every`` seconds, with how often it was held back."""
+    """A warning at most once per ``every`` seconds, with how often it was held back.
+    Not thread-safe: each instance belongs to the source thread."""
 
     def __init__(self, every: float = 60.0, logger: logging.Logger = log) -> None:
         self.every = every

@@ -29,6 +29,8 @@ class StdoutSink(Sink):
     config: StdoutConfig
 
     def open(self) -> None:
+        if sys.stdout is None:  # started with file descriptor 1 closed (`>&-`)
+            raise SinkError("standard output is closed: nothing can be printed")
         self._out = sys.stdout.buffer
         color = self.config.color
         self._color = color == "always" or (color == "auto" and sys.stdout.isatty())
