@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from . import __version__, logs
+from . import __version__, logs, startup  # noqa: F401  (startup: before any config model)
 from .config import Config, load_config
 from .errors import ConfigError, SparkSinksError
 from .metrics import check_operations
