@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from . import __version__, logs
+from . import __version__, logs, startup  # noqa: F401  (startup: before any config model)
 from .config import Config, load_config
 from .errors import ConfigError, SparkSinksError
 from .metrics import check_operations
@@ -209,7 +209,7 @@ def status(config_path: Path) -> None:
             f"{config_path}: operations.status_file is not set, so no run writes a status; "
             "set it and restart the run"
         )
-    from .status import read_status, verdict  # here: its models cost every run ~10 ms
+    from .status import read_status, verdict  # here: its pydantic models cost every run
 
     result = verdict(read_status(path))
     for i, line in enumerate(result.lines):

@@ -239,7 +239,7 @@ def _serves_metrics(addr: str, port: int) -> bool:
     """Is it our own metrics endpoint (a running spark-sinks with this config)?"""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(addr, addr)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
-    import urllib.request  # here: it costs every start ~10 ms (http.client, email)
+    import urllib.request  # here, not at the top: with http.client and email it costs every start
 
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from tests.helpers import CLI, run_cli, write_config
@@ -128,3 +129,23 @@ def test_version_and_help(tmp_path):
         result = run_cli(*cmd, "--help")
         assert result.returncode == 0
         assert b"Usage:" in result.stdout
+
+
+def _pydantic_plugins_setting(extra: dict[str, str]) -> str:
+    """PYDANTIC_DISABLE_PLUGINS as the command's process has it once its models are built."""
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"} | extra
+    probe = (
+        "import os, sys, spark_sinks.cli\n"
+        "sys.stdout.write(os.environ.get('PYDANTIC_DISABLE_PLUGINS', '<unset>'))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_the_command_skips_pydantic_plugins_unless_the_user_set_the_variable():
+    # pydantic's scan for its own plugins costs every start about 30 ms; the user's choice,
+    # even an empty one (load them all), is kept
+    assert _pydantic_plugins_setting({}) == "__all__"
+    assert _pydantic_plugins_setting({"PYDANTIC_DISABLE_PLUGINS": ""}) == ""
+    assert _pydantic_plugins_setting({"PYDANTIC_DISABLE_PLUGINS": "logfire"}) == "logfire"

@@ -196,3 +196,27 @@ print(decode.__module__, SparkplugError.__module__)
     loaded, public = result.stdout.splitlines()
     assert "google.protobuf" not in loaded and "spark_sinks_sparkplug.codec" not in loaded
     assert public == "spark_sinks_sparkplug.codec spark_sinks_sparkplug.errors"
+
+
+def test_import_spark_sinks_alone_is_light_and_every_public_name_still_imports():
+    probe = """\
+import sys
+import spark_sinks
+print(sorted(m for m in ("pydantic", "orjson", "pluggy", "spark_sinks.sink") if m in sys.modules))
+import importlib
+homes = [importlib.import_module("spark_sinks." + m) for m in
+         ("envelope", "errors", "hookspecs", "sink", "sources")]
+for name in spark_sinks.__all__:
+    value = getattr(spark_sinks, name)
+    if name != "__version__":
+        assert any(value is getattr(h, name, object()) for h in homes), name
+star = {}
+exec("from spark_sinks import *", star)
+assert set(spark_sinks.__all__) <= set(star), set(spark_sinks.__all__) - set(star)
+print(spark_sinks.sink.Sink is spark_sinks.Sink, hasattr(spark_sinks, "nothing"))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "True False"]

@@ -133,7 +133,8 @@ def reached(tmp: Path, step: str) -> Callable[[], bool]:
 
 
 def test_a_signal_while_plugins_load_ends_the_run(hang_site, tmp_path, runs):
-    cfg = config(tmp_path, {"out": {"type": "stdout"}})
+    # a run imports only the plugins its config names: name the hang plugin's type
+    cfg = config(tmp_path, {"out": {"type": "stdout"}, "h": {"type": "hang"}})
     marker = tmp_path / "imported"
     env = environ(hang_site, HANG_AT_IMPORT="1", HANG_IMPORT_MARKER=str(marker))
     run = runs(tmp_path, cfg, env)
