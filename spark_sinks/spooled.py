@@ -283,10 +283,16 @@ class SpooledSink(Sink):
                 return None
             self.spool.watch()
             try:
-                rows = [r for r in self.spool.read_after(self._cursor) if r.id not in self._held]
+                read = self.spool.read_after(self._cursor)
             except (sqlite3.Error, SinkError) as exc:
                 self._loud("read", f"cannot read spool {self.spool.file}: {exc}")
                 self._cond.wait(1.0)
+                return []
+            rows = [r for r in read if r.id not in self._held]
+            if read and not rows:
+                # a whole read of held rows (they wait for the next start, or for their
+                # dead letters): step past them, or the rows behind would never be read
+                self._cursor = read[-1].id
                 return []
             if not rows:
                 self._cond.wait(0.5)

@@ -262,3 +262,42 @@ def test_dead_letters_beyond_the_backlog_stay_in_the_spool_for_the_next_start(tm
     again.close()
     written = [orjson.loads(x)["envelope"]["data"]["seq"] for x in dead.read_bytes().splitlines()]
     assert written == list(range(6))
+
+
+class RejectThenFailSink(Sink):
+    """Unbuffered: its first write dead-letters every envelope and then fails (the
+    destination went down meanwhile); every later write delivers."""
+
+    type_name = "rejectfail"
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.got: list[int] = []
+        self.failed_once = False
+
+    def write(self, envelopes):
+        if not self.failed_once:
+            self.failed_once = True
+            for e in envelopes:
+                self.context.dead_letter(e, "never deliverable")
+            raise ConnectionError("destination down")
+        self.got.extend(e.data["seq"] for e in envelopes)
+
+
+def test_a_full_read_of_rows_waiting_as_dead_letters_does_not_stop_the_rows_behind(tmp_path):
+    """The dead-letter file cannot be written, so a failed batch's dead letters wait in
+    memory, their rows held in the spool; the batch's other rows are read again. A whole
+    read (500 rows) of held rows must not stop the spool: before, the feeder read the same
+    500 held rows again and again, and the 20 behind them were never handed over."""
+    dead = tmp_path / "dead.jsonl"
+    dead.mkdir()  # a directory where the file goes: every dead-letter write fails
+    ctx = SinkContext("s1", "gw", dead)
+    inner = RejectThenFailSink(SinkConfig(type="rejectfail"), ctx)
+    sink = Spooled(inner, Spool(tmp_path, "s1", SpoolConfig(path=tmp_path)))
+    sink.open()
+    sink.check()
+    sink.write(envs(520))
+    wait_for(lambda: inner.got == list(range(500, 520)))
+    assert sink.stats.delivered == 20
+    assert sink.spool.count() == 500  # the held rows wait for the dead-letter file
+    sink.close()
