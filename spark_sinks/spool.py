@@ -217,32 +217,7 @@ class Spool:
         db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None)
         self._db = db
         try:
-            # before anything that could change the file (the switch to WAL does)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {self.file} was written by a newer spark-sinks (spool version "
-                    f"{version}; this one reads up to {SCHEMA_VERSION}): refusing to start "
-                    "(the file is left as it is; run the newer version to empty it)"
-                )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.config.sync.upper()}")
-            # A short log, checkpointed often: rows live in the main file, and a full disk
-            # leaves a log that the reserve can always checkpoint (see ``delete``).
-            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
-            db.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 4096}")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise _Corrupt(f"integrity check failed: {check}")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS spool ("
-                " id INTEGER PRIMARY KEY AUTOINCREMENT, machine TEXT, size INTEGER, body BLOB)"
-            )
-            if version < SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            count, size = db.execute(
-                f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM spool"
-            ).fetchone()
+            count, size = self._prepare(db)
         except (_Corrupt, SpoolError):
             db.close()
             self._db = None
@@ -259,6 +234,36 @@ class Spool:
         self.bytes = size
         self.rows = count
         return int(count)
+
+    def _prepare(self, db: sqlite3.Connection) -> tuple[int, int]:
+        """Check and set up an opened spool file; its rows and their bytes."""
+        # before anything that could change the file (the switch to WAL does)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {self.file} was written by a newer spark-sinks (spool version "
+                f"{version}; this one reads up to {SCHEMA_VERSION}): refusing to start "
+                "(the file is left as it is; run the newer version to empty it)"
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.config.sync.upper()}")
+        # A short log, checkpointed often: rows live in the main file, and a full disk
+        # leaves a log that the reserve can always checkpoint (see ``delete``).
+        db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 4096}")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise _Corrupt(f"integrity check failed: {check}")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS spool ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT, machine TEXT, size INTEGER, body BLOB)"
+        )
+        if version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        count, size = db.execute(
+            f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM spool"
+        ).fetchone()
+        return int(count), int(size)
 
     def _set_aside(self, why: str) -> None:
         """Move a corrupt file (and its log) aside and count what it held, if it says."""
