@@ -113,7 +113,8 @@ class Assembler:
         self.incomplete_dropped = 0
         self.incomplete_emitted = 0
         self.ignored = 0
-        """Values of machines that are disabled or do not publish."""
+        """Items (data points or whole records) of machines that are disabled or do not
+        publish; the run's summary reports them."""
         self.machines: dict[str, Machine] = {}
         self._cycles: dict[str, _Cycle] = {}
         self.position = 0

@@ -112,12 +112,13 @@ def summarise(report: Report) -> None:
     """The run's last lines: the input, then one line per sink."""
     log.info(
         "input: %d items, %d envelopes assembled, %d rejected, %d incomplete records dropped, "
-        "%d incomplete records emitted",
+        "%d incomplete records emitted, %d items of disabled machines ignored",
         report.items,
         report.envelopes,
         report.rejected,
         report.incomplete_dropped,
         report.incomplete_emitted,
+        report.ignored,
     )
     if report.source:
         counts = ", ".join(f"{n} {name}" for name, n in report.source.items())

@@ -131,6 +131,8 @@ class Report:
     incomplete_dropped: int = 0
     incomplete_emitted: int = 0
     """Records sent without every variable (``on_incomplete: emit``)."""
+    ignored: int = 0
+    """Items of machines that are disabled or do not publish: set aside, not an error."""
     source: dict[str, int] = field(default_factory=dict)
     """The source's own counters (``Source.counters``)."""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -443,6 +445,7 @@ class Runtime:
                 "rejected": self.rejects.count,
                 "incomplete_dropped": self.assembler.incomplete_dropped,
                 "incomplete_emitted": self.assembler.incomplete_emitted,
+                "ignored": self.assembler.ignored,
                 "source": self._source_counters(),
                 "source_type": self.config.source.type,
             },
@@ -481,6 +484,7 @@ class Runtime:
             rejected=self.rejects.count,
             incomplete_dropped=self.assembler.incomplete_dropped,
             incomplete_emitted=self.assembler.incomplete_emitted,
+            ignored=self.assembler.ignored,
             source=self._source_counters(),
             sinks=sinks,
             not_started=not_started,

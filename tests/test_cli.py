@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import CLI, run_cli, write_config
+from tests.helpers import CLI, MACHINES, run_cli, write_config
 
 
 def envelopes(stdout: bytes) -> list[dict]:
@@ -149,3 +149,24 @@ def test_the_command_skips_pydantic_plugins_unless_the_user_set_the_variable():
     assert _pydantic_plugins_setting({}) == "__all__"
     assert _pydantic_plugins_setting({"PYDANTIC_DISABLE_PLUGINS": ""}) == ""
     assert _pydantic_plugins_setting({"PYDANTIC_DISABLE_PLUGINS": "logfire"}) == "logfire"
+
+
+def test_items_of_disabled_machines_are_counted_in_the_summary_not_rejected(tmp_path):
+    # a machine disabled by mistake must show: its data is set aside without an error,
+    # and the summary counts it (before, the count existed but was reported nowhere)
+    machines = json.loads(json.dumps(MACHINES))
+    machines["press-2"]["enable"] = False
+    cfg = write_config(tmp_path / "c.yaml", machines=machines)
+    lines = [
+        {"machine": "press-2", "variable": "state", "value": "x"},
+        {"machine": "hidden", "values": {"x": 1}},
+        {"machine": "press-1", "values": {"temperature": 1.5, "count": 2}},
+        {"machine": "press-2", "values": {"temperature": 1.0, "state": "y"}},
+    ]
+    proc = run_cli("run", "-c", str(cfg), input="".join(json.dumps(x) + "\n" for x in lines))
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "input: 4 items, " in err and ", 0 rejected, " in err
+    assert "3 items of disabled machines ignored" in err
+    records = [json.loads(x) for x in proc.stdout.splitlines() if b'"record"' in x]
+    assert [r["data"]["machine"] for r in records] == ["press-1"]
